@@ -1,0 +1,29 @@
+"""pytest-daemonexit: find the bugs a Python program only shows while it shuts down."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0.dev0"
+
+_LAZY = {
+    "Signature": "pytest_daemonexit.signatures",
+    "Settings": "pytest_daemonexit.settings",
+    "RunRequest": "pytest_daemonexit.runner",
+    "Evidence": "pytest_daemonexit.runner",
+    "run": "pytest_daemonexit.runner",
+    "judge": "pytest_daemonexit.judge",
+    "Verdict": "pytest_daemonexit.judge",
+    "Finding": "pytest_daemonexit.judge",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that pytest's start-up only pays for the plugin module itself.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pytest_daemonexit' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

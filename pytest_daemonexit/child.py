@@ -1,0 +1,109 @@
+"""The child's entry point: run one test (or one script), report it, then really finalize.
+
+Started by ``runner.py`` as ``python -X faulthandler -c <bootstrap> SPEC``.  Nothing here
+calls ``os._exit``: ``main`` returns and the interpreter goes through ``Py_FinalizeEx``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+from pytest_daemonexit import channel, injection
+
+#: Set in the child's pytest config, so the plugin runs marked tests in-process there.
+CHILD_STASH_KEY = "pytest_daemonexit_child"
+
+
+class ChildReporter:
+    """pytest plugin in the child: forwards test and collection reports to the parent."""
+
+    def __init__(self, writer: channel.Writer) -> None:
+        self.writer = writer
+        self.config: Any = None
+
+    def pytest_configure(self, config: Any) -> None:
+        self.config = config
+        config._pytest_daemonexit_child = True
+
+    def _serialize(self, report: Any) -> Dict[str, Any]:
+        data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+        return dict(data) if data else {}
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        self.writer.send("report", report=self._serialize(report))
+
+    def pytest_collectreport(self, report: Any) -> None:
+        if report.failed:
+            self.writer.send("collect_error", report=self._serialize(report))
+
+    def pytest_collection_finish(self, session: Any) -> None:
+        self.writer.send("collected", nodeids=[item.nodeid for item in session.items])
+
+
+def _offsets() -> Dict[str, int]:
+    out = {}
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        try:
+            out[name] = os.lseek(fd, 0, os.SEEK_CUR)
+        except OSError:
+            pass
+    return out
+
+
+def run(spec: Dict[str, Any]) -> None:
+    fd = int(spec["channel_fd"])
+    os.set_inheritable(fd, False)  # grandchildren must not hold the parent's pipe open
+    mark = injection.make_marker(fd)
+    injection.install_early(mark)  # first atexit registration, so it runs last
+    writer = channel.Writer(fd)
+    fault_file = open(spec["fault_file"], "w", encoding="utf-8")  # noqa: SIM115 - lives until exit
+    watchdog = injection.Watchdog(fault_file)
+    watchdog.arm(float(spec.get("run_timeout") or 0))
+    writer.send(
+        "start",
+        python=sys.version,
+        executable=sys.executable,
+        version=list(sys.version_info[:3]),
+        dump_signal=injection.DUMP_SIGNAL,
+    )
+    mark("test")
+    try:
+        if spec["mode"] == "pytest":
+            import pytest
+
+            plugins: List[Any] = [ChildReporter(writer)]
+            plugins += [name for name in spec.get("plugins", ()) if name]
+            writer.send("pytest_exit", status=int(pytest.main(list(spec["args"]), plugins)))
+        else:
+            sys.argv = [spec["args"][0], *spec["args"][1:]]
+            try:
+                runpy.run_path(spec["args"][0], run_name="__main__")
+            except SystemExit as exc:
+                writer.send("script_exit", code=repr(exc.code))
+                raise
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - a broken stream is the test's business
+                pass
+        writer.send("test_done", offsets=_offsets())
+        mark("test_done")
+        watchdog.take_over()
+        watchdog.arm(float(spec.get("timeout") or 0))
+        injection.install_shutdown_markers(mark)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    with open(args[0], encoding="utf-8") as f:
+        spec = json.load(f)
+    run(spec)
+
+
+if __name__ == "__main__":
+    main()

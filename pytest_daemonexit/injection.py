@@ -1,0 +1,183 @@
+"""What runs inside the child around its shutdown: phase markers and the hang watchdog.
+
+Everything here may run while the interpreter is being torn down, when module globals are
+already None.  So the hooks bind what they use as default arguments, write with ``os.write``
+and format bytes by hand (no ``json`` after module teardown), and the object whose
+finalizer marks module teardown is reachable only from a module of its own (a function
+registered anywhere keeps its module's globals alive; see the reference notes, A.5).
+"""
+
+from __future__ import annotations
+
+import atexit
+import faulthandler
+import gc
+import os
+import signal
+import sys
+import threading
+import time
+import types
+from typing import IO, Any, Callable, Optional
+
+#: Signal the parent sends to make faulthandler dump every thread's stack.
+DUMP_SIGNAL: int = (
+    signal.SIGRTMIN + 5 if hasattr(signal, "SIGRTMIN") else getattr(signal, "SIGUSR2", 0)
+)
+
+Mark = Callable[[str], None]
+
+
+def make_marker(fd: int) -> Mark:
+    """A function that writes one phase record; safe until the very end of finalization."""
+
+    def mark(
+        phase: str,
+        _write: Any = os.write,
+        _seek: Any = os.lseek,
+        _fd: int = fd,
+        _pid: int = os.getpid(),
+        _now: Any = time.monotonic,
+    ) -> None:
+        try:
+            # Where stderr stood when the phase began: tells which phase printed what.
+            err = _seek(2, 0, 1)
+        except Exception:  # noqa: BLE001 - stderr is a pipe or closed
+            err = -1
+        line = b'{"event": "phase", "phase": "%s", "pid": %d, "t": %r, "err": %d}\n' % (
+            phase.encode("ascii"),
+            _pid,
+            _now(),
+            err,
+        )
+        try:
+            _write(_fd, line)
+        except Exception:  # noqa: BLE001 - the parent is gone; nothing to report to
+            pass
+
+    return mark
+
+
+class Watchdog:
+    """faulthandler set up to dump every thread's stack into the child's fault file."""
+
+    def __init__(self, fault_file: IO[str]) -> None:
+        self.file = fault_file
+        faulthandler.enable(file=fault_file, all_threads=True)
+        if DUMP_SIGNAL:
+            faulthandler.register(DUMP_SIGNAL, file=fault_file, all_threads=True, chain=False)
+
+    def arm(self, seconds: float) -> None:
+        """Dump all stacks after ``seconds`` unless finalization ends first."""
+        faulthandler.cancel_dump_traceback_later()
+        if seconds > 0:
+            faulthandler.dump_traceback_later(seconds, repeat=False, file=self.file)
+
+    def take_over(self) -> None:
+        """Point faulthandler back at our file after the test (pytest moves it)."""
+        faulthandler.enable(file=self.file, all_threads=True)
+        if DUMP_SIGNAL:
+            faulthandler.register(DUMP_SIGNAL, file=self.file, all_threads=True, chain=False)
+
+
+class _StdoutFlushMarker:
+    """Stands in for sys.stdout after the test: its flush() is the first code CPython
+    runs once the runtime is marked finalizing (flush_std_files)."""
+
+    def __init__(self, stream: Any, mark: Mark, is_finalizing: Callable[[], bool]) -> None:
+        object.__setattr__(self, "_stream", stream)
+        object.__setattr__(self, "_mark", mark)
+        object.__setattr__(self, "_is_finalizing", is_finalizing)
+        object.__setattr__(self, "_done", False)
+
+    def flush(self) -> Any:
+        if not self._done and self._is_finalizing():
+            object.__setattr__(self, "_done", True)
+            self._mark("finalizing")
+        return self._stream.flush()
+
+    def write(self, text: Any) -> Any:
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._stream, name, value)
+
+
+class _TeardownSentinel:
+    def __init__(self, mark: Mark) -> None:
+        self.mark = mark
+
+    def __del__(self) -> None:
+        self.mark("module_teardown")
+
+
+SENTINEL_MODULE = "_pytest_daemonexit_sentinel"
+
+
+def install_late_markers(mark: Mark) -> None:
+    """Markers for the phases after atexit; called from the last atexit callback."""
+    is_finalizing = sys.is_finalizing
+    if sys.stdout is not None:
+        sys.stdout = _StdoutFlushMarker(sys.stdout, mark, is_finalizing)
+
+    gc_done = []
+
+    def on_gc(phase: str, info: Any, _fin: Any = is_finalizing, _done: Any = gc_done) -> None:
+        if phase == "start" and not _done and _fin():
+            _done.append(True)
+            mark("gc")
+
+    gc.callbacks.append(on_gc)
+
+    module = types.ModuleType(SENTINEL_MODULE)
+    module.sentinel = _TeardownSentinel(mark)  # type: ignore[attr-defined]
+    sys.modules[SENTINEL_MODULE] = module
+    del module
+
+    if hasattr(sys, "addaudithook"):
+
+        def on_audit(event: str, args: Any, _done: Any = []) -> None:  # noqa: B006
+            if event == "cpython.PyInterpreterState_Clear" and not _done:
+                _done.append(True)
+                mark("interpreter_clear")
+
+        sys.addaudithook(on_audit)
+
+
+def install_early(mark: Mark) -> None:
+    """Register the atexit callback that runs last (atexit is LIFO): call before anything
+    else registers one."""
+
+    def last_atexit(_mark: Mark = mark) -> None:
+        _mark("atexit_done")
+        install_late_markers(_mark)
+
+    atexit.register(last_atexit)
+
+
+def install_shutdown_markers(mark: Mark) -> None:
+    """Markers for threading shutdown and the start of atexit; call when the test is done."""
+    original: Optional[Callable[[], Any]] = getattr(threading, "_shutdown", None)
+    if original is None:  # pragma: no cover - every supported CPython has it
+        return
+
+    def first_atexit(_mark: Mark = mark) -> None:
+        _mark("atexit")
+
+    def _shutdown(
+        _orig: Callable[[], Any] = original,
+        _mark: Mark = mark,
+        _register: Any = atexit.register,
+        _first: Callable[[], None] = first_atexit,
+    ) -> Any:
+        _mark("threading_shutdown")
+        try:
+            return _orig()
+        finally:
+            # Registered last, so atexit (LIFO) calls it first.
+            _register(_first)
+
+    threading._shutdown = _shutdown  # type: ignore[attr-defined]

@@ -1,0 +1,280 @@
+"""pytest hooks only: options, marker, header, run protocol.  The engine is imported lazily,
+when a marked test actually runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generator, List, Optional, Sequence, Tuple
+
+import pytest
+
+from pytest_daemonexit.settings import (
+    MARKER,
+    OPTIONS,
+    Settings,
+    SettingError,
+    marker_overrides,
+    marker_signature,
+    resolve,
+)
+
+if TYPE_CHECKING:
+    from pytest_daemonexit.signatures import Signature
+
+SESSION_KEY = pytest.StashKey[Settings]()
+ITEM_KEY = pytest.StashKey[Settings]()
+SIGNATURES_KEY = pytest.StashKey[Tuple["Signature", ...]]()
+
+#: Options that would make the child overwrite the parent's reports, start workers, wait
+#: for a debugger or select other tests; (option, takes a value).
+_CHILD_STRIPPED = {
+    "--junitxml": True, "--junit-xml": True, "--junitprefix": True, "--junit-prefix": True,
+    "--report-log": True, "--html": True, "--json-report-file": True, "--resultlog": True,
+    "--result-log": True, "--alluredir": True, "--basetemp": True,
+    "-n": True, "--numprocesses": True, "--maxprocesses": True, "--dist": True, "--tx": True,
+    "--rsyncdir": True, "--max-worker-restart": True, "--pdbcls": True,
+    "--pdb": False, "--trace": False, "--looponfail": False, "-f": False,
+    "--lf": False, "--last-failed": False, "--ff": False, "--failed-first": False,
+    "--nf": False, "--new-first": False, "--sw": False, "--stepwise": False,
+    "--sw-skip": False, "--stepwise-skip": False, "--json-report": False,
+    "--cache-clear": False,
+}
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from pytest_daemonexit import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("daemonexit", "interpreter exit of marked tests (pytest-daemonexit)")
+    for spec in OPTIONS:
+        if spec.kind == "flag":
+            group.addoption(spec.option, action="store_true", default=None, dest=spec.dest,
+                            help=spec.help)
+        elif spec.kind == "list":
+            group.addoption(spec.option, action="append", default=None, dest=spec.dest,
+                            metavar=spec.metavar, help=spec.help)
+        else:
+            group.addoption(spec.option, default=None, dest=spec.dest, metavar=spec.metavar,
+                            help=spec.help)
+        if spec.kind == "list":
+            parser.addini(spec.ini, spec.help, type="linelist", default=[])
+        else:
+            parser.addini(spec.ini, spec.help, default="")
+
+
+def session_settings(config: pytest.Config) -> Settings:
+    """Command line over ini over defaults; a bad value is a usage error naming it."""
+    values = {}
+    for spec in OPTIONS:
+        raw: Any = config.getoption(spec.dest)
+        where = spec.option
+        if raw is None:
+            raw, where = config.getini(spec.ini), f"ini option {spec.ini}"
+            if raw in ("", [], None):
+                continue
+        try:
+            values[spec.name] = spec.parse(raw)
+        except SettingError as exc:
+            shown = raw[0] if isinstance(raw, list) and len(raw) == 1 else raw
+            raise pytest.UsageError(f"{where}={shown!r}: {exc}") from None
+    return dataclasses.replace(Settings(), **values)
+
+
+def _in_child(config: pytest.Config) -> bool:
+    return bool(getattr(config, "_pytest_daemonexit_child", False))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{marker_signature()}: run the test in a child interpreter that really "
+        "finalizes, and fail it if the child crashes, hangs or prints a shutdown error at "
+        "exit (pytest-daemonexit).",
+    )
+    config.stash[SESSION_KEY] = session_settings(config)
+
+
+def pytest_report_header(config: pytest.Config) -> Optional[List[str]]:
+    if _in_child(config):
+        return None
+    base = config.stash[SESSION_KEY]
+    flags = " ".join(["-X", "faulthandler", *base.python_flags()])
+    from pytest_daemonexit.runner import PINNED_ENVIRONMENT
+
+    removed = [name for name in PINNED_ENVIRONMENT if name in os.environ]
+    return [
+        f"daemonexit: {base.describe()}",
+        f"daemonexit child: {sys.executable} {flags}; removed from its environment: "
+        f"{', '.join(removed) or 'nothing'}",
+    ]
+
+
+def item_settings(item: pytest.Item) -> Settings:
+    marks = list(item.iter_markers(MARKER))
+    where = f"@pytest.mark.{MARKER} on {item.nodeid}"
+    return resolve(item.config.stash[SESSION_KEY], marker_overrides(marks, where), where)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield
+    if report.passed and isinstance(report.result, list):
+        errors = []
+        for node in report.result:
+            if isinstance(node, pytest.Item) and node.get_closest_marker(MARKER) is not None:
+                try:
+                    node.stash[ITEM_KEY] = item_settings(node)
+                except SettingError as exc:
+                    errors.append(str(exc))
+        if errors:
+            report.outcome = "failed"
+            report.longrepr = "\n".join(errors)
+            report.result = []
+    return report
+
+
+def _signatures(config: pytest.Config) -> Tuple["Signature", ...]:
+    if SIGNATURES_KEY not in config.stash:
+        from pytest_daemonexit.signatures import BUILTIN_SIGNATURES, Signature
+
+        extra: List[Signature] = []
+        for result in config.hook.pytest_daemonexit_signatures(config=config):
+            for sig in result or ():
+                if not isinstance(sig, Signature):
+                    raise pytest.UsageError(
+                        f"pytest_daemonexit_signatures returned {sig!r}; expected "
+                        "pytest_daemonexit.Signature objects"
+                    )
+                extra.append(sig)
+        config.stash[SIGNATURES_KEY] = (*extra, *BUILTIN_SIGNATURES)
+    return config.stash[SIGNATURES_KEY]
+
+
+def _passthrough_args(config: pytest.Config) -> List[str]:
+    """The parent's command line without test selection by path and without options that
+    must not act in the child."""
+    args = list(config.invocation_params.args)
+    positional = set()
+    if config.args_source == pytest.Config.ArgsSource.ARGS:
+        positional = set(config.args)
+    out: List[str] = []
+    skip_next = False
+    for arg in args:
+        if skip_next:
+            skip_next = False
+            continue
+        if arg in positional:
+            continue
+        name = arg.split("=", 1)[0]
+        if name in _CHILD_STRIPPED:
+            skip_next = _CHILD_STRIPPED[name] and "=" not in arg
+            continue
+        if arg.startswith("-n") and not arg.startswith("--"):  # -n2, -nauto
+            continue
+        out.append(arg)
+    return out
+
+
+def _node_arg(item: pytest.Item) -> str:
+    """The node id with an absolute path: the child's rootdir may resolve differently."""
+    suffix = item.nodeid.split("::", 1)[1] if "::" in item.nodeid else ""
+    return f"{item.path}::{suffix}" if suffix else str(item.path)
+
+
+def _run_dir(config: pytest.Config, item: pytest.Item) -> str:
+    try:
+        base = config._tmp_path_factory.getbasetemp() / "daemonexit"  # type: ignore[attr-defined]
+        base.mkdir(exist_ok=True)
+    except (AttributeError, OSError):
+        base = Path(tempfile.gettempdir())
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.name)[:40]
+    return tempfile.mkdtemp(prefix=f"{name}-", dir=str(base))
+
+
+def reproduce_command(item: pytest.Item) -> str:
+    config = item.config
+    argv = [sys.executable, "-m", "pytest", *_passthrough_args(config), _node_arg(item)]
+    return f"cd {shlex.quote(str(config.invocation_params.dir))} && {shlex.join(argv)}"
+
+
+def _plugin_name(config: pytest.Config) -> Optional[str]:
+    return config.pluginmanager.get_name(sys.modules[__name__])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: Optional[pytest.Item]) -> Optional[bool]:
+    config = item.config
+    if _in_child(config) or item.get_closest_marker(MARKER) is None:
+        return None
+    if config.getoption("setuponly", False) or config.getoption("setupplan", False):
+        return None
+    ihook = item.ihook
+    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    reports = _run_marked(item)
+    # The parent set up no fixture for this item, but earlier items' fixtures that the
+    # next item does not need must still be torn down here, as pytest would.
+    teardown = pytest.CallInfo.from_call(
+        lambda: item.session._setupstate.teardown_exact(nextitem), when="teardown"
+    )
+    if teardown.excinfo is not None:
+        parent_rep = ihook.pytest_runtest_makereport(item=item, call=teardown)
+        reports = [r for r in reports if r.when != "teardown" or r.failed] + [parent_rep]
+    for report in reports:
+        ihook.pytest_runtest_logreport(report=report)
+    ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+
+
+def _run_marked(item: pytest.Item) -> Sequence[pytest.TestReport]:
+    from pytest_daemonexit import report, runner, testreports
+    from pytest_daemonexit.judge import judge
+
+    config = item.config
+    try:
+        settings = item.stash[ITEM_KEY] if ITEM_KEY in item.stash else item_settings(item)
+    except SettingError as exc:
+        rep = pytest.TestReport(item.nodeid, item.location, {}, "failed", str(exc), "setup")
+        return [rep]
+    run_dir = _run_dir(config, item)
+    args = [*_passthrough_args(config), f"--basetemp={Path(run_dir, 'basetemp')}",
+            "-o", f"cache_dir={Path(run_dir, 'cache')}"]
+    if config.pluginmanager.has_plugin("xdist"):
+        args.append("-n0")
+    args.append(_node_arg(item))
+    request = runner.RunRequest(
+        mode="pytest",
+        args=tuple(args),
+        python_flags=settings.python_flags(),
+        cwd=str(config.invocation_params.dir),
+        env=runner.child_environment(),
+        timeout=settings.timeout,
+        run_timeout=settings.run_timeout,
+        plugins=tuple(n for n in [_plugin_name(config)] if n),
+        native_stacks=settings.native_stacks,
+        workdir=str(Path(run_dir, "run")),
+    )
+    evidence = runner.run(request)
+    verdict = judge(evidence, settings, _signatures(config))
+    override = item.ihook.pytest_daemonexit_verdict(
+        item=item, verdict=verdict, evidence=evidence, settings=settings
+    )
+    if override is not None:
+        verdict = override
+    text = None
+    summary = ""
+    if not verdict.ok:
+        text = report.format_verdict(verdict, evidence, reproduce_command(item))
+        summary = f"daemon exit: {', '.join(verdict.classes)} in phase {verdict.phase}"
+    return testreports.build(item, evidence, text, summary)
+
+

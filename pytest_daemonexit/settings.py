@@ -1,0 +1,288 @@
+"""Settings: every option described once, validated once, frozen per test.
+
+Each setting can be given as a marker keyword, a command-line option and an ini value;
+precedence is marker > command line > ini > default.  The same help text feeds ``--help``,
+the ini description and the README table (``python -m pytest_daemonexit.settings``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Pattern, Sequence, Tuple
+
+MARKER = "daemon_exit"
+
+
+class SettingError(ValueError):
+    """A bad setting value; the message says what was expected."""
+
+
+def _seconds(value: object, allow_zero: bool) -> float:
+    if isinstance(value, bool):
+        raise SettingError("expected a number of seconds, not a boolean")
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise SettingError("expected a number of seconds") from None
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise SettingError("expected a finite number of seconds")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        raise SettingError(
+            "expected a number of seconds >= 0 (0 disables it)"
+            if allow_zero
+            else "expected a number of seconds > 0"
+        )
+    return seconds
+
+
+def parse_timeout(value: object) -> float:
+    return _seconds(value, allow_zero=False)
+
+
+def parse_run_timeout(value: object) -> float:
+    return _seconds(value, allow_zero=True)
+
+
+def parse_exit_code(value: object) -> int:
+    if isinstance(value, bool):
+        raise SettingError("expected an integer exit status, not a boolean")
+    if isinstance(value, float) and not value.is_integer():
+        raise SettingError("expected an integer exit status")
+    try:
+        code = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise SettingError(
+            "expected an integer exit status (0..255, or -N for death by signal N)"
+        ) from None
+    if not -64 <= code <= 255:
+        raise SettingError("expected an exit status in 0..255, or -N for death by signal N")
+    return code
+
+
+def _strings(value: object) -> Tuple[str, ...]:
+    if isinstance(value, str):
+        items: Iterable[object] = [value]
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        raise SettingError("expected a string or a list of strings")
+    out = []
+    for item in items:
+        if not isinstance(item, str):
+            raise SettingError(f"expected strings, got {type(item).__name__} {item!r}")
+        if item.strip():
+            out.append(item)
+    return tuple(out)
+
+
+def parse_patterns(value: object) -> Tuple[Pattern[str], ...]:
+    patterns = []
+    for text in _strings(value):
+        try:
+            patterns.append(re.compile(text, re.MULTILINE))
+        except re.error as exc:
+            raise SettingError(f"{text!r} is not a valid regular expression: {exc}") from None
+    return tuple(patterns)
+
+
+def parse_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingError("expected true or false")
+
+
+def parse_warnings(value: object) -> Tuple[str, ...]:
+    filters = _strings(value)
+    for text in filters:
+        if text.count(":") > 4 or text.split(":", 1)[0] not in (
+            "default", "error", "ignore", "always", "module", "once", "all",
+            "d", "e", "i", "a", "m", "o",
+        ):
+            raise SettingError(
+                f"{text!r} is not a -W filter (action:message:category:module:lineno, "
+                "action one of default, error, ignore, always, module, once)"
+            )
+    return filters
+
+
+def parse_native_stacks(value: object) -> str:
+    if value not in NATIVE_STACK_TOOLS:
+        raise SettingError(f"expected one of {', '.join(NATIVE_STACK_TOOLS)}")
+    return str(value)
+
+
+NATIVE_STACK_TOOLS = ("auto", "gdb", "py-spy", "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionSpec:
+    """One setting: its marker keyword, option, ini name, help and parser."""
+
+    name: str
+    default: Any
+    parse: Callable[[object], Any]
+    help: str
+    metavar: str = ""
+    kind: str = "value"  # "value", "list" (repeatable) or "flag"
+    marker: bool = True  # settable per test with the marker
+
+    @property
+    def option(self) -> str:
+        return "--daemonexit-" + self.name.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "daemonexit_" + self.name
+
+    @property
+    def dest(self) -> str:
+        return "daemonexit_" + self.name
+
+    @property
+    def ini_type(self) -> Optional[str]:
+        return {"list": "linelist", "flag": "bool"}.get(self.kind)
+
+
+OPTIONS: Tuple[OptionSpec, ...] = (
+    OptionSpec(
+        "timeout", 10.0, parse_timeout,
+        "Seconds a marked test's child may take from the end of the test's teardown to "
+        "process exit before it is judged a HANG (default 10).",
+        "SECONDS",
+    ),
+    OptionSpec(
+        "exit_code", 0, parse_exit_code,
+        "Exit status the child must end with; -N expects death by signal N (default 0).",
+        "N",
+    ),
+    OptionSpec(
+        "allow_stderr", (), parse_patterns,
+        "Regular expression; a stderr block it matches does not fail the test "
+        "(repeatable; ini: one per line).",
+        "REGEX", kind="list",
+    ),
+    OptionSpec(
+        "run_timeout", 300.0, parse_run_timeout,
+        "Seconds the test itself (setup, call, teardown) may run in the child before the "
+        "child is stopped and the test fails as a HANG; 0 means no limit (default 300).",
+        "SECONDS",
+    ),
+    OptionSpec(
+        "unbuffered", False, parse_bool,
+        "Run the child with unbuffered std streams (-u). Off by default: PYTHONUNBUFFERED "
+        "is removed from the child's environment because it hides the commonest "
+        "daemon-thread crash.",
+        kind="flag",
+    ),
+    OptionSpec(
+        "dev_mode", False, parse_bool,
+        "Run the child in Python's development mode (-X dev).",
+        kind="flag",
+    ),
+    OptionSpec(
+        "warnings", (), parse_warnings,
+        "Warning filter passed to the child as -W (repeatable; ini: one per line). "
+        "PYTHONWARNINGS is removed from the child's environment.",
+        "FILTER", kind="list",
+    ),
+    OptionSpec(
+        "native_stacks", "auto", parse_native_stacks,
+        "Tool for native stacks of every thread when a child hangs: auto (gdb, else "
+        "py-spy, when installed), gdb, py-spy or off (default auto).",
+        "TOOL", marker=False,
+    ),
+)
+OPTIONS_BY_NAME: Dict[str, OptionSpec] = {spec.name: spec for spec in OPTIONS}
+MARKER_KEYWORDS: Tuple[str, ...] = tuple(spec.name for spec in OPTIONS if spec.marker)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything that decides how one marked test runs and is judged."""
+
+    timeout: float = 10.0
+    exit_code: int = 0
+    allow_stderr: Tuple[Pattern[str], ...] = ()
+    run_timeout: float = 300.0
+    unbuffered: bool = False
+    dev_mode: bool = False
+    warnings: Tuple[str, ...] = ()
+    native_stacks: str = "auto"
+
+    def python_flags(self) -> Tuple[str, ...]:
+        """Interpreter flags of the child, besides ``-X faulthandler``."""
+        flags = []
+        if self.unbuffered:
+            flags.append("-u")
+        if self.dev_mode:
+            flags += ["-X", "dev"]
+        for item in self.warnings:
+            flags += ["-W", item]
+        return tuple(flags)
+
+    def describe(self) -> str:
+        allowed = ", ".join(p.pattern for p in self.allow_stderr) or "none"
+        return (
+            f"timeout={self.timeout:g}s exit_code={self.exit_code} "
+            f"run_timeout={self.run_timeout:g}s allow_stderr={allowed}"
+        )
+
+
+def marker_signature() -> str:
+    args = ", ".join(f"{spec.name}={spec.default!r}" for spec in OPTIONS if spec.marker)
+    return f"{MARKER}({args})"
+
+
+def resolve(base: Settings, overrides: Mapping[str, object], where: str) -> Settings:
+    """``base`` with ``overrides`` validated and applied; errors name ``where``."""
+    values: Dict[str, Any] = {}
+    for name, raw in overrides.items():
+        spec = OPTIONS_BY_NAME.get(name)
+        if spec is None or not spec.marker:
+            raise SettingError(
+                f"{where}: unknown argument {name!r}; expected one of "
+                f"{', '.join(MARKER_KEYWORDS)}"
+            )
+        try:
+            values[name] = spec.parse(raw)
+        except SettingError as exc:
+            raise SettingError(f"{where}: {name}={raw!r}: {exc}") from None
+    return dataclasses.replace(base, **values)
+
+
+def marker_overrides(marks: Sequence[Any], where: str) -> Dict[str, object]:
+    """Merge ``daemon_exit`` marks, closest first: the closest mark setting a key wins."""
+    merged: Dict[str, object] = {}
+    for mark in marks:
+        if mark.args:
+            raise SettingError(
+                f"{where}: @pytest.mark.{MARKER} takes keyword arguments only, got "
+                f"positional {', '.join(repr(a) for a in mark.args)}; signature: "
+                f"{marker_signature()}"
+            )
+        for key, value in mark.kwargs.items():
+            merged.setdefault(key, value)
+    return merged
+
+
+def options_markdown() -> str:
+    """The README's options table, generated from :data:`OPTIONS`."""
+    rows = [
+        "| marker keyword | command line | ini | default | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for spec in OPTIONS:
+        marker = f"`{spec.name}=`" if spec.marker else "—"
+        option = f"`{spec.option}`" + (f" `{spec.metavar}`" if spec.metavar else "")
+        default = "`" + ("none" if spec.default == () else repr(spec.default)) + "`"
+        rows.append(f"| {marker} | {option} | `{spec.ini}` | {default} | {spec.help} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover - documentation helper
+    print(options_markdown(), end="")

@@ -1,0 +1,138 @@
+"""Rebuild the child's test reports in the parent and fold the exit verdict into them."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+from pytest_daemonexit.runner import Evidence
+
+
+class _Crash:
+    """What pytest's short summary and junitxml read from ``longrepr.reprcrash``."""
+
+    def __init__(self, message: str, path: str, lineno: int) -> None:
+        self.message = message
+        self.path = path
+        self.lineno = lineno
+
+
+class ExitFailureRepr:
+    """A failure at exit, optionally after the test's own failure (both are shown)."""
+
+    def __init__(self, text: str, summary: str, item: pytest.Item, original: Any = None) -> None:
+        self.text = text
+        self.original = original
+        path, lineno = str(item.location[0]), (item.location[1] or 0) + 1
+        crash = getattr(original, "reprcrash", None)
+        self.reprcrash = crash if crash is not None else _Crash(summary, path, lineno)
+
+    def toterminal(self, tw: Any) -> None:
+        if self.original is not None:
+            if hasattr(self.original, "toterminal"):
+                self.original.toterminal(tw)
+            else:
+                tw.line(str(self.original))
+            tw.line("")
+            tw.sep("-", "daemon exit")
+        for line in self.text.splitlines():
+            tw.line(line)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.original is not None:
+            parts.append(str(self.original))
+        parts.append(self.text)
+        return "\n\n".join(parts)
+
+
+def _synthetic(item: pytest.Item, when: str, outcome: str, longrepr: Any) -> pytest.TestReport:
+    return pytest.TestReport(
+        item.nodeid, item.location, {}, outcome, longrepr, when, [], 0.0
+    )
+
+
+def _child_reports(item: pytest.Item, evidence: Evidence) -> Dict[str, pytest.TestReport]:
+    by_when: Dict[str, pytest.TestReport] = {}
+    for record in evidence.events("report"):
+        data = record.get("report")
+        if not isinstance(data, dict):
+            continue
+        report = item.config.hook.pytest_report_from_serializable(
+            config=item.config, data=data
+        )
+        if isinstance(report, pytest.TestReport) and report.when in (
+            "setup", "call", "teardown"
+        ):
+            report.nodeid, report.location = item.nodeid, item.location
+            by_when.setdefault(report.when, report)
+    return by_when
+
+
+def _why_missing(evidence: Evidence) -> str:
+    errors = evidence.events("collect_error")
+    if errors:
+        texts = [str((e.get("report") or {}).get("longrepr", "")) for e in errors]
+        return "the child could not collect this test:\n" + "\n".join(texts)
+    collected = evidence.events("collected")
+    if collected and not collected[-1].get("nodeids"):
+        out = evidence.stdout_exit.text or evidence.stdout_test.text
+        tail = "\n".join(out.splitlines()[-15:])
+        return f"the child collected no test for this node id; its output ended with:\n{tail}"
+    return "the child ended before it reported this phase"
+
+
+def build(
+    item: pytest.Item,
+    evidence: Evidence,
+    failure_text: Optional[str],
+    failure_summary: str,
+) -> List[pytest.TestReport]:
+    """Setup, call and teardown reports as if the test had run in-process, with the exit
+    verdict (``failure_text``, None when the exit was clean) folded in."""
+    by_when = _child_reports(item, evidence)
+    placed = failure_text is None
+    extra = "" if failure_text is None else "\n\n" + failure_text
+
+    if "setup" not in by_when:
+        text = _why_missing(evidence) + extra
+        by_when["setup"] = _synthetic(item, "setup", "failed", _text_repr(text))
+        placed = True
+    setup = by_when["setup"]
+    if setup.passed and "call" not in by_when:
+        text = "the child ended during the test's call phase" + extra
+        by_when["call"] = _synthetic(item, "call", "failed", _text_repr(text))
+        placed = True
+    if "teardown" not in by_when:
+        if placed:
+            by_when["teardown"] = _synthetic(item, "teardown", "passed", None)
+        else:
+            text = "the child ended during the test's teardown" + extra
+            by_when["teardown"] = _synthetic(item, "teardown", "failed", _text_repr(text))
+            placed = True
+
+    if not placed and failure_text is not None:
+        target = by_when.get("call") or (setup if setup.failed else by_when["teardown"])
+        original = target.longrepr if target.failed else None
+        target.longrepr = ExitFailureRepr(failure_text, failure_summary, item, original)
+        target.outcome = "failed"
+        if hasattr(target, "wasxfail"):
+            del target.wasxfail
+    return [by_when[w] for w in ("setup", "call", "teardown") if w in by_when]
+
+
+class _TextRepr:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def toterminal(self, tw: Any) -> None:
+        for line in self.text.splitlines():
+            tw.line(line)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _text_repr(text: str) -> _TextRepr:
+    return _TextRepr(text)
