@@ -14,8 +14,6 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from pytest_daemonexit import channel, injection
 
-#: Set in the child's pytest config, so the plugin runs marked tests in-process there.
-CHILD_STASH_KEY = "pytest_daemonexit_child"
 
 
 class ChildReporter:
@@ -54,7 +52,23 @@ def _offsets() -> Dict[str, int]:
     return out
 
 
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills us if the parent dies (a killed pytest leaves no child)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent and os.getppid() != parent:  # it died before the prctl
+        os._exit(70)
+
+
 def run(spec: Dict[str, Any]) -> None:
+    _die_with_parent(int(spec.get("parent_pid") or 0))
     fd = int(spec["channel_fd"])
     os.set_inheritable(fd, False)  # grandchildren must not hold the parent's pipe open
     mark = injection.make_marker(fd)

@@ -164,9 +164,22 @@ def format_stack(stack: ThreadStack, indent: str = "  ") -> List[str]:
     lines = [f"{indent}{kind} {stack.thread_id}{name} (most recent call first):"]
     if not stack.frames:
         lines.append(f"{indent}    <no Python frame>")
-    for frame in stack.frames:
-        mark = ">" if is_user_frame(frame) else " "
-        lines.append(f"{indent}  {mark} {frame}")
+    user = [is_user_frame(frame) for frame in stack.frames]
+    last = len(stack.frames) - 1
+
+    def shown(i: int) -> bool:
+        # Innermost frames, user frames and their callers/callees, and the outermost.
+        return i < 3 or i == last or any(user[max(0, i - 1) : i + 2])
+
+    hidden = 0
+    for i, frame in enumerate(stack.frames):
+        if not shown(i):
+            hidden += 1
+            continue
+        if hidden:
+            lines.append(f"{indent}    ... {hidden} library frames")
+            hidden = 0
+        lines.append(f"{indent}  {'>' if user[i] else ' '} {frame}")
     if stack.truncated:
         lines.append(f"{indent}    ...")
     return lines

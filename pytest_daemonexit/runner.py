@@ -309,6 +309,7 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
         "timeout": request.timeout,
         "run_timeout": request.run_timeout,
         "plugins": list(request.plugins),
+        "parent_pid": os.getpid(),
     }
     spec_path.write_text(json.dumps(spec), encoding="utf-8")
     argv = request.argv(str(spec_path))

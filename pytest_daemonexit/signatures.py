@@ -68,10 +68,10 @@ def _compiled(pattern: str) -> Pattern[str]:
 BUILTIN_SIGNATURES: Tuple[Signature, ...] = (
     Signature(
         "buffered-busy",
-        r"(_enter_buffered_busy: )?could not acquire lock for <_io\.Buffered\w+ "
-        r"name='<std(out|err|in)>'> at interpreter shutdown, possibly due to daemon threads",
+        r"(_enter_buffered_busy: )?could not acquire lock for <_io\.Buffered\w+.*?> "
+        r"at interpreter shutdown, possibly due to daemon threads",
         FATAL_ERROR,
-        "a daemon thread was stopped while holding a std stream's buffer lock (bpo-23309)",
+        "a daemon thread was stopped while holding a buffered stream's lock (bpo-23309)",
     ),
     Signature(
         "gil-exit-path",

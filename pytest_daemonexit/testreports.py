@@ -92,24 +92,28 @@ def build(
     """Setup, call and teardown reports as if the test had run in-process, with the exit
     verdict (``failure_text``, None when the exit was clean) folded in."""
     by_when = _child_reports(item, evidence)
+    crash = _Crash(failure_summary or "the child could not run this test",
+                   str(item.location[0]), (item.location[1] or 0) + 1)
     placed = failure_text is None
     extra = "" if failure_text is None else "\n\n" + failure_text
 
     if "setup" not in by_when:
         text = _why_missing(evidence) + extra
-        by_when["setup"] = _synthetic(item, "setup", "failed", _text_repr(text))
+        by_when["setup"] = _synthetic(item, "setup", "failed", _TextRepr(text, crash))
         placed = True
     setup = by_when["setup"]
     if setup.passed and "call" not in by_when:
-        text = "the child ended during the test's call phase" + extra
-        by_when["call"] = _synthetic(item, "call", "failed", _text_repr(text))
+        text = "the child did not finish the test's call phase" + extra
+        by_when["call"] = _synthetic(item, "call", "failed", _TextRepr(text, crash))
         placed = True
     if "teardown" not in by_when:
         if placed:
             by_when["teardown"] = _synthetic(item, "teardown", "passed", None)
         else:
-            text = "the child ended during the test's teardown" + extra
-            by_when["teardown"] = _synthetic(item, "teardown", "failed", _text_repr(text))
+            text = "the child did not finish the test's teardown" + extra
+            by_when["teardown"] = _synthetic(
+                item, "teardown", "failed", _TextRepr(text, crash)
+            )
             placed = True
 
     if not placed and failure_text is not None:
@@ -123,8 +127,9 @@ def build(
 
 
 class _TextRepr:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, crash: _Crash) -> None:
         self.text = text
+        self.reprcrash = crash
 
     def toterminal(self, tw: Any) -> None:
         for line in self.text.splitlines():
@@ -132,7 +137,3 @@ class _TextRepr:
 
     def __str__(self) -> str:
         return self.text
-
-
-def _text_repr(text: str) -> _TextRepr:
-    return _TextRepr(text)
