@@ -40,11 +40,17 @@ MARKED_BODY = "import pytest\n\n\n@pytest.mark.daemon_exit\n" + TEST_BODY
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20, help="runs per variant (default 20)")
-    parser.add_argument("--python", default=sys.executable,
-                        help="interpreter for the subprocess variants (default: this one)")
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter for the subprocess variants (default: this one)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the numbers here")
-    parser.add_argument("--autoload", action="store_true",
-                        help="let pytest load every installed plugin, not just daemonexit")
+    parser.add_argument(
+        "--autoload",
+        action="store_true",
+        help="let pytest load every installed plugin, not just daemonexit",
+    )
     args = parser.parse_args(argv)
     if args.runs < 2:
         parser.error("--runs must be at least 2 (percentiles need two samples)")
@@ -63,12 +69,16 @@ def make_project(root: Path) -> Dict[str, str]:
 def subprocess_variant(argv: List[str], cwd: Path, env: Dict[str, str]) -> Callable[[], float]:
     def once() -> float:
         start = time.perf_counter()
-        done = subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                              capture_output=True, check=False)
+        done = subprocess.run(
+            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, check=False
+        )
         elapsed = time.perf_counter() - start
         if done.returncode != 0:  # timing a failure would measure the wrong thing
-            sys.exit(f"failed ({done.returncode}): {shlex.join(argv)}\n"
-                     + done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace"))
+            sys.exit(
+                f"failed ({done.returncode}): {shlex.join(argv)}\n"
+                + done.stdout.decode(errors="replace")
+                + done.stderr.decode(errors="replace")
+            )
         return elapsed
 
     return once
@@ -89,10 +99,13 @@ def child_variant(nodeid: str, cwd: Path, env: Dict[str, str]) -> Callable[[], f
         elapsed = time.perf_counter() - start
         status = [e.get("status") for e in evidence.events("pytest_exit")]
         if evidence.returncode != 0 or evidence.stopped or status != [0]:
-            sys.exit(f"child run failed: returncode={evidence.returncode} "
-                     f"stopped={evidence.stopped} pytest_exit={status}\n"
-                     + evidence.stdout_test.text + evidence.stderr_test.text
-                     + evidence.stderr_exit.text)
+            sys.exit(
+                f"child run failed: returncode={evidence.returncode} "
+                f"stopped={evidence.stopped} pytest_exit={status}\n"
+                + evidence.stdout_test.text
+                + evidence.stderr_test.text
+                + evidence.stderr_exit.text
+            )
         return elapsed
 
     return once
@@ -105,16 +118,20 @@ def measure(variants: Dict[str, Callable[[], float]], runs: int) -> Dict[str, Li
     names = list(variants)
     for i in range(runs):
         # Rotate the order too, so no variant always runs right after the heavy one.
-        for name in names[i % len(names):] + names[:i % len(names)]:
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             times[name].append(variants[name]())
     return times
 
 
 def summary(samples: List[float]) -> Dict[str, float]:
     deciles = statistics.quantiles(samples, n=10, method="inclusive")
-    return {"median_ms": statistics.median(samples) * 1e3, "p10_ms": deciles[0] * 1e3,
-            "p90_ms": deciles[-1] * 1e3, "min_ms": min(samples) * 1e3,
-            "max_ms": max(samples) * 1e3}
+    return {
+        "median_ms": statistics.median(samples) * 1e3,
+        "p10_ms": deciles[0] * 1e3,
+        "p90_ms": deciles[-1] * 1e3,
+        "min_ms": min(samples) * 1e3,
+        "max_ms": max(samples) * 1e3,
+    }
 
 
 def paired(a: List[float], b: List[float], op: Callable[[float, float], float]) -> float:
@@ -133,11 +150,17 @@ def describe_python(python: str) -> str:
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     print("command:", shlex.join([sys.executable, *sys.argv]))
-    print("benchmark:", describe_python(sys.executable),
-          f"pytest-daemonexit {pytest_daemonexit.__version__}")
+    print(
+        "benchmark:",
+        describe_python(sys.executable),
+        f"pytest-daemonexit {pytest_daemonexit.__version__}",
+    )
     if os.path.abspath(args.python) != os.path.abspath(sys.executable):
-        print("subprocess variants:", describe_python(args.python),
-              "(the child-alone variant still uses the benchmark interpreter)")
+        print(
+            "subprocess variants:",
+            describe_python(args.python),
+            "(the child-alone variant still uses the benchmark interpreter)",
+        )
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs; runs per variant: {args.runs}")
     env = dict(os.environ)
     if not args.autoload:
@@ -160,18 +183,25 @@ def main(argv: Optional[List[str]] = None) -> None:
     stats = {name: summary(samples) for name, samples in times.items()}
     ratios = {
         "marked / unmarked pytest run": paired(
-            times["pytest marked"], times["pytest unmarked"], lambda x, y: x / y),
+            times["pytest marked"], times["pytest unmarked"], lambda x, y: x / y
+        ),
         "marked - unmarked per test (ms)": paired(
-            times["pytest marked"], times["pytest unmarked"], lambda x, y: (x - y) * 1e3),
+            times["pytest marked"], times["pytest unmarked"], lambda x, y: (x - y) * 1e3
+        ),
         "child alone / python -c pass": paired(
-            times["child alone"], times["python -c pass"], lambda x, y: x / y),
+            times["child alone"], times["python -c pass"], lambda x, y: x / y
+        ),
     }
 
     print()
     print(f"{'variant':<18}{'median':>9}{'p10':>9}{'p90':>9}{'min':>9}{'max':>9}   (ms)")
     for name, s in stats.items():
-        print(f"{name:<18}" + "".join(f"{s[k]:>9.1f}" for k in
-                                      ("median_ms", "p10_ms", "p90_ms", "min_ms", "max_ms")))
+        print(
+            f"{name:<18}"
+            + "".join(
+                f"{s[k]:>9.1f}" for k in ("median_ms", "p10_ms", "p90_ms", "min_ms", "max_ms")
+            )
+        )
     print()
     print("paired per round, median over rounds:")
     for name, value in ratios.items():
@@ -186,9 +216,14 @@ def main(argv: Optional[List[str]] = None) -> None:
             "pytest_daemonexit": pytest_daemonexit.__version__,
             "runs": args.runs,
             "plugin_autoload": args.autoload,
-            "variants": {name: {"command": commands[name], **stats[name],
-                                "samples_ms": [t * 1e3 for t in times[name]]}
-                         for name in times},
+            "variants": {
+                name: {
+                    "command": commands[name],
+                    **stats[name],
+                    "samples_ms": [t * 1e3 for t in times[name]],
+                }
+                for name in times
+            },
             "ratios": ratios,
         }
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -7,7 +7,7 @@ import re
 import sys
 import sysconfig
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 _THREAD = re.compile(
     r"^(?P<current>Current thread|Thread) (?P<id>0x[0-9a-fA-F]+)"
@@ -49,7 +49,7 @@ def parse(text: str) -> List[Dump]:
     dumps: List[Dump] = []
     header = ""
     threads: List[ThreadStack] = []
-    cur: Optional[dict] = None  # the thread being read
+    cur: Optional[Dict[str, Any]] = None  # the thread being read
 
     def close_thread() -> None:
         nonlocal cur
@@ -111,7 +111,9 @@ def is_dump_line(line: str) -> bool:
     """A line that belongs to a faulthandler dump (shown separately, parsed)."""
     stripped = line.strip()
     return bool(
-        _THREAD.match(line) or _STACK.match(line) or _FRAME.match(line)
+        _THREAD.match(line)
+        or _STACK.match(line)
+        or _FRAME.match(line)
         or stripped in ("<no Python frame>", "...")
         or stripped.startswith("Extension modules:")
     )
@@ -131,6 +133,7 @@ def _library_roots() -> Tuple[str, ...]:
 
 
 _ROOTS = _library_roots()
+_STDLIB = re.compile(r"[/\\]lib[/\\]python\d+\.\d+t?[/\\]")
 _LIB_MARKERS = ("/site-packages/", "/dist-packages/", "/_pytest/", "/pluggy/", "<frozen ")
 
 
@@ -138,6 +141,8 @@ def is_user_frame(frame: Frame, roots: Iterable[str] = _ROOTS) -> bool:
     """True for a frame of the user's own code: not the stdlib, site-packages or us."""
     path = frame.file
     if path.startswith("<") or any(marker in path for marker in _LIB_MARKERS):
+        return False
+    if _STDLIB.search(path):  # any interpreter's standard library, not only ours
         return False
     return not any(path.startswith(root + "/") for root in roots)
 

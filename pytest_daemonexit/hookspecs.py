@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from pytest_daemonexit.signatures import Signature
 
 
-def pytest_daemonexit_signatures(config: pytest.Config) -> "Optional[Sequence[Signature]]":
+def pytest_daemonexit_signatures(config: pytest.Config) -> Optional[Sequence[Signature]]:
     """Return extra stderr signatures (:class:`pytest_daemonexit.Signature`).
 
     Called once per session; the results of every implementation are added before the
@@ -23,12 +23,10 @@ def pytest_daemonexit_signatures(config: pytest.Config) -> "Optional[Sequence[Si
 
 @pytest.hookspec(firstresult=True)
 def pytest_daemonexit_verdict(
-    item: pytest.Item, verdict: "Verdict", evidence: "Evidence", settings: "Settings"
-) -> "Optional[Verdict]":
+    item: pytest.Item, verdict: Verdict, evidence: Evidence, settings: Settings
+) -> Optional[Verdict]:
     """Return a verdict to replace the one the judge gave for ``item``'s child, or None.
 
     ``evidence`` holds everything the child left (exit status, phases, stderr, dumps).
     The first non-None result wins.
     """
-
-

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import types
-from typing import IO, Any, Callable, Optional
+from typing import IO, Any, Callable, List, Optional
 
 #: Signal the parent sends to make faulthandler dump every thread's stack.
 DUMP_SIGNAL: int = (
@@ -42,7 +42,7 @@ def make_marker(fd: int) -> Mark:
         try:
             # Where stderr stood when the phase began: tells which phase printed what.
             err = _seek(2, 0, 1)
-        except Exception:  # noqa: BLE001 - stderr is a pipe or closed
+        except Exception:
             err = -1
         line = b'{"event": "phase", "phase": "%s", "pid": %d, "t": %r, "err": %d}\n' % (
             phase.encode("ascii"),
@@ -52,7 +52,7 @@ def make_marker(fd: int) -> Mark:
         )
         try:
             _write(_fd, line)
-        except Exception:  # noqa: BLE001 - the parent is gone; nothing to report to
+        except Exception:
             pass
 
     return mark
@@ -123,7 +123,7 @@ def install_late_markers(mark: Mark) -> None:
     if sys.stdout is not None:
         sys.stdout = _StdoutFlushMarker(sys.stdout, mark, is_finalizing)
 
-    gc_done = []
+    gc_done: List[bool] = []
 
     def on_gc(phase: str, info: Any, _fin: Any = is_finalizing, _done: Any = gc_done) -> None:
         if phase == "start" and not _done and _fin():

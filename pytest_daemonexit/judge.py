@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from pytest_daemonexit import faultdump, phases
 from pytest_daemonexit.processes import signal_name
@@ -21,8 +21,13 @@ from pytest_daemonexit.signatures import (
 
 #: Lines kept from one stderr block in a finding.
 BLOCK_LINES = 40
-_HEADERS_BEFORE_TRACEBACK = ("exception-in-thread", "exception-ignored", "atexit-error",
-                             "logging-error", "most-likely-shutdown")
+_HEADERS_BEFORE_TRACEBACK = (
+    "exception-in-thread",
+    "exception-ignored",
+    "atexit-error",
+    "logging-error",
+    "most-likely-shutdown",
+)
 _CHAINING = (
     "During handling of the above exception, another exception occurred:",
     "The above exception was the direct cause of the following exception:",
@@ -92,9 +97,13 @@ def stderr_blocks(text: str, signatures: Sequence[Signature]) -> List[_Block]:
         if not stripped:
             blank_seen = current is not None
             continue
-        if blank_seen and current is not None and stripped not in _CHAINING:
-            if not (current.lines[-1].strip() in _CHAINING and stripped.startswith("Traceback")):
-                current = None
+        after_chaining = current is not None and current.lines[-1].strip() in _CHAINING
+        if (
+            blank_seen
+            and stripped not in _CHAINING
+            and not (after_chaining and stripped.startswith("Traceback"))
+        ):
+            current = None
         blank_seen = False
         match = next((s for s in signatures if s.regex.search(line)), None)
         if match is not None and not _continues(current, match):
@@ -133,17 +142,21 @@ def judge(
     phase = evidence.last_phase
 
     if evidence.stopped == "exit_timeout":
-        findings.append(Finding(
-            HANG,
-            f"the child did not exit within {settings.timeout:g} s after the test "
-            f"finished; it was stopped in phase {phases.describe(phase)}",
-        ))
+        findings.append(
+            Finding(
+                HANG,
+                f"the child did not exit within {settings.timeout:g} s after the test "
+                f"finished; it was stopped in phase {phases.describe(phase)}",
+            )
+        )
     elif evidence.stopped == "run_timeout":
-        findings.append(Finding(
-            HANG,
-            f"the test did not finish within run_timeout={settings.run_timeout:g} s; "
-            "the child was stopped",
-        ))
+        findings.append(
+            Finding(
+                HANG,
+                f"the test did not finish within run_timeout={settings.run_timeout:g} s; "
+                "the child was stopped",
+            )
+        )
 
     stderr = evidence.stderr_exit
     blocks = stderr_blocks(stderr.text, signatures)
@@ -158,7 +171,7 @@ def judge(
         block.offset = -1
     blocks += fault_blocks
     benign = [b for b in blocks if b.signature.verdict == BENIGN]
-    grouped: dict = {}
+    grouped: Dict[str, Tuple[_Block, int]] = {}
     for block in blocks:
         if block.signature.verdict == BENIGN or _allowed(block, settings):
             continue
@@ -183,11 +196,13 @@ def judge(
         explained = any(b.signature.exit_code == rc for b in benign)
         if not explained:
             expected = describe_status(settings.exit_code)
-            findings.append(Finding(
-                EXIT_CODE,
-                f"the child ended with {describe_status(rc)}, expected {expected}, "
-                f"in phase {phases.describe(phase)}",
-            ))
+            findings.append(
+                Finding(
+                    EXIT_CODE,
+                    f"the child ended with {describe_status(rc)}, expected {expected}, "
+                    f"in phase {phases.describe(phase)}",
+                )
+            )
 
     findings.sort(key=lambda f: VERDICT_CLASSES.index(f.verdict))
     died = evidence.stopped is not None or (rc is not None and rc < 0)

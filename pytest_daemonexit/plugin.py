@@ -16,8 +16,8 @@ import pytest
 from pytest_daemonexit.settings import (
     MARKER,
     OPTIONS,
-    Settings,
     SettingError,
+    Settings,
     marker_overrides,
     marker_signature,
     resolve,
@@ -33,15 +33,40 @@ SIGNATURES_KEY = pytest.StashKey[Tuple["Signature", ...]]()
 #: Options that would make the child overwrite the parent's reports, start workers, wait
 #: for a debugger or select other tests; (option, takes a value).
 _CHILD_STRIPPED = {
-    "--junitxml": True, "--junit-xml": True, "--junitprefix": True, "--junit-prefix": True,
-    "--report-log": True, "--html": True, "--json-report-file": True, "--resultlog": True,
-    "--result-log": True, "--alluredir": True, "--basetemp": True,
-    "-n": True, "--numprocesses": True, "--maxprocesses": True, "--dist": True, "--tx": True,
-    "--rsyncdir": True, "--max-worker-restart": True, "--pdbcls": True,
-    "--pdb": False, "--trace": False, "--looponfail": False, "-f": False,
-    "--lf": False, "--last-failed": False, "--ff": False, "--failed-first": False,
-    "--nf": False, "--new-first": False, "--sw": False, "--stepwise": False,
-    "--sw-skip": False, "--stepwise-skip": False, "--json-report": False,
+    "--junitxml": True,
+    "--junit-xml": True,
+    "--junitprefix": True,
+    "--junit-prefix": True,
+    "--report-log": True,
+    "--html": True,
+    "--json-report-file": True,
+    "--resultlog": True,
+    "--result-log": True,
+    "--alluredir": True,
+    "--basetemp": True,
+    "-n": True,
+    "--numprocesses": True,
+    "--maxprocesses": True,
+    "--dist": True,
+    "--tx": True,
+    "--rsyncdir": True,
+    "--max-worker-restart": True,
+    "--pdbcls": True,
+    "--pdb": False,
+    "--trace": False,
+    "--looponfail": False,
+    "-f": False,
+    "--lf": False,
+    "--last-failed": False,
+    "--ff": False,
+    "--failed-first": False,
+    "--nf": False,
+    "--new-first": False,
+    "--sw": False,
+    "--stepwise": False,
+    "--sw-skip": False,
+    "--stepwise-skip": False,
+    "--json-report": False,
     "--cache-clear": False,
 }
 
@@ -56,14 +81,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("daemonexit", "interpreter exit of marked tests (pytest-daemonexit)")
     for spec in OPTIONS:
         if spec.kind == "flag":
-            group.addoption(spec.option, action="store_true", default=None, dest=spec.dest,
-                            help=spec.help)
+            group.addoption(
+                spec.option, action="store_true", default=None, dest=spec.dest, help=spec.help
+            )
         elif spec.kind == "list":
-            group.addoption(spec.option, action="append", default=None, dest=spec.dest,
-                            metavar=spec.metavar, help=spec.help)
+            group.addoption(
+                spec.option,
+                action="append",
+                default=None,
+                dest=spec.dest,
+                metavar=spec.metavar,
+                help=spec.help,
+            )
         else:
-            group.addoption(spec.option, default=None, dest=spec.dest, metavar=spec.metavar,
-                            help=spec.help)
+            group.addoption(
+                spec.option, default=None, dest=spec.dest, metavar=spec.metavar, help=spec.help
+            )
         if spec.kind == "list":
             parser.addini(spec.ini, spec.help, type="linelist", default=[])
         else:
@@ -143,7 +176,7 @@ def pytest_make_collect_report(
     return report
 
 
-def _signatures(config: pytest.Config) -> Tuple["Signature", ...]:
+def _signatures(config: pytest.Config) -> Tuple[Signature, ...]:
     if SIGNATURES_KEY not in config.stash:
         from pytest_daemonexit.signatures import BUILTIN_SIGNATURES, Signature
 
@@ -240,14 +273,25 @@ def _run_marked(item: pytest.Item) -> Sequence[pytest.TestReport]:
     from pytest_daemonexit.judge import judge
 
     config = item.config
+    if sys.platform == "win32":
+        # The child needs an inherited pipe and POSIX process groups.
+        reason = "pytest-daemonexit runs marked tests on Linux and macOS only"
+        skip = pytest.TestReport(
+            item.nodeid, item.location, {}, "skipped", (str(item.path), 0, reason), "setup"
+        )
+        return [skip, pytest.TestReport(item.nodeid, item.location, {}, "passed", None, "teardown")]
     try:
         settings = item.stash[ITEM_KEY] if ITEM_KEY in item.stash else item_settings(item)
     except SettingError as exc:
         rep = pytest.TestReport(item.nodeid, item.location, {}, "failed", str(exc), "setup")
         return [rep]
     run_dir = _run_dir(config, item)
-    args = [*_passthrough_args(config), f"--basetemp={Path(run_dir, 'basetemp')}",
-            "-o", f"cache_dir={Path(run_dir, 'cache')}"]
+    args = [
+        *_passthrough_args(config),
+        f"--basetemp={Path(run_dir, 'basetemp')}",
+        "-o",
+        f"cache_dir={Path(run_dir, 'cache')}",
+    ]
     if config.pluginmanager.has_plugin("xdist"):
         args.append("-n0")
     args.append(_node_arg(item))
@@ -276,5 +320,3 @@ def _run_marked(item: pytest.Item) -> Sequence[pytest.TestReport]:
         text = report.format_verdict(verdict, evidence, reproduce_command(item))
         summary = f"daemon exit: {', '.join(verdict.classes)} in phase {verdict.phase}"
     return testreports.build(item, evidence, text, summary)
-
-

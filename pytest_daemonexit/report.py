@@ -38,8 +38,9 @@ def format_verdict(
     if evidence.exit_seconds is not None:
         lines.append(f"  time from the end of the test to exit: {evidence.exit_seconds:.3f} s")
     if evidence.version:
-        lines.append(f"  interpreter: {evidence.argv[0]} (Python "
-                     f"{'.'.join(map(str, evidence.version))})")
+        lines.append(
+            f"  interpreter: {evidence.argv[0]} (Python {'.'.join(map(str, evidence.version))})"
+        )
     for finding in verdict.findings:
         printed = f" (printed in phase {finding.phase})" if finding.phase else ""
         lines.append(f"- {finding.verdict}{printed}: {finding.summary}")
@@ -57,15 +58,18 @@ def format_verdict(
             lines.append(f"  ... {len(verdict.stacks) - MAX_THREADS} more threads")
     elif evidence.stopped:
         lines.append("")
-        lines.append("stacks: faulthandler produced no dump (it is off once the interpreter "
-                     "state is being cleared, or the test disabled it)")
+        lines.append(
+            "stacks: faulthandler produced no dump (it is off once the interpreter "
+            "state is being cleared, or the test disabled it)"
+        )
     if evidence.native_stacks:
         lines.append("")
         lines.append("native stacks (every OS thread, innermost frame first):")
         lines.extend("  " + line for line in evidence.native_stacks.splitlines())
     shown = {text for finding in verdict.findings for text in finding.lines}
     rest = [
-        line for line in evidence.stderr_exit.text.splitlines()
+        line
+        for line in evidence.stderr_exit.text.splitlines()
         if line not in shown and not (verdict.stacks and faultdump.is_dump_line(line))
     ]
     if rest and any(line.strip() for line in rest):

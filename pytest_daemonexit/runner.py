@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from pytest_daemonexit import channel, processes
 
@@ -83,7 +83,7 @@ class RunRequest:
     workdir: Optional[str] = None  # default: a temporary directory, removed afterwards
 
     @classmethod
-    def script(cls, path: str, *args: str, **kwargs: Any) -> "RunRequest":
+    def script(cls, path: str, *args: str, **kwargs: Any) -> RunRequest:
         return cls(mode="script", args=(path, *args), **kwargs)
 
     def argv(self, spec_path: str) -> List[str]:
@@ -225,8 +225,17 @@ def native_stacks(pid: int, tool: str = "auto") -> str:
     gdb, pyspy = shutil.which("gdb"), shutil.which("py-spy")
     if gdb and tool in ("auto", "gdb"):
         commands.append(
-            [gdb, "-p", str(pid), "-batch", "-nx", "-ex", "set pagination off",
-             "-ex", "thread apply all bt"]
+            [
+                gdb,
+                "-p",
+                str(pid),
+                "-batch",
+                "-nx",
+                "-ex",
+                "set pagination off",
+                "-ex",
+                "thread apply all bt",
+            ]
         )
     if pyspy and (tool == "py-spy" or (tool == "auto" and not gdb)):
         commands.append([pyspy, "dump", "--native", "--pid", str(pid)])
@@ -234,8 +243,12 @@ def native_stacks(pid: int, tool: str = "auto") -> str:
     for command in commands:
         try:
             done = subprocess.run(
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, timeout=NATIVE_STACK_SECONDS, check=False,
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=NATIVE_STACK_SECONDS,
+                check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             texts.append(f"$ {' '.join(command[:1])}: {exc}")
@@ -250,7 +263,7 @@ def native_stacks(pid: int, tool: str = "auto") -> str:
 class _Watch:
     """Waits for a child process with a deadline; uses a pidfd where there is one."""
 
-    def __init__(self, proc: "subprocess.Popen[bytes]") -> None:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self.pidfd: Optional[int] = None
         if hasattr(os, "pidfd_open"):
@@ -318,8 +331,13 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
     try:
         with open(out_path, "wb") as out_f, open(err_path, "wb") as err_f:
             proc = subprocess.Popen(
-                argv, cwd=request.cwd, env=env, stdin=subprocess.DEVNULL,
-                stdout=out_f, stderr=err_f, pass_fds=(write_fd,),
+                argv,
+                cwd=request.cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out_f,
+                stderr=err_f,
+                pass_fds=(write_fd,),
                 start_new_session=(sys.platform != "win32"),
             )
     finally:
@@ -346,7 +364,10 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
             fds = ([read_fd] if pipe_open else []) + (
                 [watch.pidfd] if watch.pidfd is not None else []
             )
-            ready = select.select(fds, [], [], wait)[0] if fds else time.sleep(wait) or []
+            if not fds:
+                time.sleep(wait)
+                continue
+            ready = select.select(fds, [], [], wait)[0]
             if read_fd in ready:
                 data = os.read(read_fd, 1 << 16)
                 if not data:
@@ -413,7 +434,7 @@ def _fault_size(path: Path) -> int:
         return 0
 
 
-def _stop(proc: "subprocess.Popen[bytes]", request: RunRequest, fault_path: Path) -> str:
+def _stop(proc: subprocess.Popen[bytes], request: RunRequest, fault_path: Path) -> str:
     """Stop an overstaying child: stacks first (faulthandler, then native), then SIGKILL."""
     size = _fault_size(fault_path)
     if size == 0:
@@ -440,4 +461,3 @@ def _stop(proc: "subprocess.Popen[bytes]", request: RunRequest, fault_path: Path
     except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL did not work
         pass
     return native
-

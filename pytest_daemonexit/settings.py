@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Pattern, Sequence, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Mapping,
+    Optional,
+    Pattern,
+    Sequence,
+    Tuple,
+    cast,
+)
 
 MARKER = "daemon_exit"
 
@@ -50,7 +61,7 @@ def parse_exit_code(value: object) -> int:
     if isinstance(value, float) and not value.is_integer():
         raise SettingError("expected an integer exit status")
     try:
-        code = int(value)  # type: ignore[call-overload]
+        code = int(cast(Any, value))
     except (TypeError, ValueError):
         raise SettingError(
             "expected an integer exit status (0..255, or -N for death by signal N)"
@@ -100,8 +111,19 @@ def parse_warnings(value: object) -> Tuple[str, ...]:
     filters = _strings(value)
     for text in filters:
         if text.count(":") > 4 or text.split(":", 1)[0] not in (
-            "default", "error", "ignore", "always", "module", "once", "all",
-            "d", "e", "i", "a", "m", "o",
+            "default",
+            "error",
+            "ignore",
+            "always",
+            "module",
+            "once",
+            "all",
+            "d",
+            "e",
+            "i",
+            "a",
+            "m",
+            "o",
         ):
             raise SettingError(
                 f"{text!r} is not a -W filter (action:message:category:module:lineno, "
@@ -150,51 +172,70 @@ class OptionSpec:
 
 OPTIONS: Tuple[OptionSpec, ...] = (
     OptionSpec(
-        "timeout", 10.0, parse_timeout,
+        "timeout",
+        10.0,
+        parse_timeout,
         "Seconds a marked test's child may take from the end of the test's teardown to "
         "process exit before it is judged a HANG (default 10).",
         "SECONDS",
     ),
     OptionSpec(
-        "exit_code", 0, parse_exit_code,
+        "exit_code",
+        0,
+        parse_exit_code,
         "Exit status the child must end with; -N expects death by signal N (default 0).",
         "N",
     ),
     OptionSpec(
-        "allow_stderr", (), parse_patterns,
+        "allow_stderr",
+        (),
+        parse_patterns,
         "Regular expression; a stderr block it matches does not fail the test "
         "(repeatable; ini: one per line).",
-        "REGEX", kind="list",
+        "REGEX",
+        kind="list",
     ),
     OptionSpec(
-        "run_timeout", 300.0, parse_run_timeout,
+        "run_timeout",
+        300.0,
+        parse_run_timeout,
         "Seconds the test itself (setup, call, teardown) may run in the child before the "
         "child is stopped and the test fails as a HANG; 0 means no limit (default 300).",
         "SECONDS",
     ),
     OptionSpec(
-        "unbuffered", False, parse_bool,
+        "unbuffered",
+        False,
+        parse_bool,
         "Run the child with unbuffered std streams (-u). Off by default: PYTHONUNBUFFERED "
         "is removed from the child's environment because it hides the commonest "
         "daemon-thread crash.",
         kind="flag",
     ),
     OptionSpec(
-        "dev_mode", False, parse_bool,
+        "dev_mode",
+        False,
+        parse_bool,
         "Run the child in Python's development mode (-X dev).",
         kind="flag",
     ),
     OptionSpec(
-        "warnings", (), parse_warnings,
+        "warnings",
+        (),
+        parse_warnings,
         "Warning filter passed to the child as -W (repeatable; ini: one per line). "
         "PYTHONWARNINGS is removed from the child's environment.",
-        "FILTER", kind="list",
+        "FILTER",
+        kind="list",
     ),
     OptionSpec(
-        "native_stacks", "auto", parse_native_stacks,
+        "native_stacks",
+        "auto",
+        parse_native_stacks,
         "Tool for native stacks of every thread when a child hangs: auto (gdb, else "
         "py-spy, when installed), gdb, py-spy or off (default auto).",
-        "TOOL", marker=False,
+        "TOOL",
+        marker=False,
     ),
 )
 OPTIONS_BY_NAME: Dict[str, OptionSpec] = {spec.name: spec for spec in OPTIONS}
@@ -245,8 +286,7 @@ def resolve(base: Settings, overrides: Mapping[str, object], where: str) -> Sett
         spec = OPTIONS_BY_NAME.get(name)
         if spec is None or not spec.marker:
             raise SettingError(
-                f"{where}: unknown argument {name!r}; expected one of "
-                f"{', '.join(MARKER_KEYWORDS)}"
+                f"{where}: unknown argument {name!r}; expected one of {', '.join(MARKER_KEYWORDS)}"
             )
         try:
             values[name] = spec.parse(raw)

@@ -37,10 +37,10 @@ class Signature:
     exit_code: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.verdict not in VERDICT_CLASSES + (BENIGN,):
+        if self.verdict not in (*VERDICT_CLASSES, BENIGN):
             raise ValueError(
                 f"signature {self.name!r}: verdict {self.verdict!r} is not one of "
-                f"{', '.join(VERDICT_CLASSES + (BENIGN,))}"
+                f"{', '.join((*VERDICT_CLASSES, BENIGN))}"
             )
         try:
             re.compile(self.pattern)
@@ -55,7 +55,7 @@ class Signature:
         return _compiled(self.pattern)
 
 
-_CACHE: "dict[str, Pattern[str]]" = {}
+_CACHE: dict[str, Pattern[str]] = {}
 
 
 def _compiled(pattern: str) -> Pattern[str]:

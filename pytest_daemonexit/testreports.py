@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 import pytest
 
@@ -47,10 +47,13 @@ class ExitFailureRepr:
         return "\n\n".join(parts)
 
 
-def _synthetic(item: pytest.Item, when: str, outcome: str, longrepr: Any) -> pytest.TestReport:
-    return pytest.TestReport(
-        item.nodeid, item.location, {}, outcome, longrepr, when, [], 0.0
-    )
+def _synthetic(
+    item: pytest.Item,
+    when: Literal["setup", "call", "teardown"],
+    outcome: Literal["passed", "failed"],
+    longrepr: Any,
+) -> pytest.TestReport:
+    return pytest.TestReport(item.nodeid, item.location, {}, outcome, longrepr, when, [], 0.0)
 
 
 def _child_reports(item: pytest.Item, evidence: Evidence) -> Dict[str, pytest.TestReport]:
@@ -59,12 +62,11 @@ def _child_reports(item: pytest.Item, evidence: Evidence) -> Dict[str, pytest.Te
         data = record.get("report")
         if not isinstance(data, dict):
             continue
-        report = item.config.hook.pytest_report_from_serializable(
-            config=item.config, data=data
-        )
-        if isinstance(report, pytest.TestReport) and report.when in (
-            "setup", "call", "teardown"
-        ):
+        if isinstance(data.get("longrepr"), list):
+            # A skip's (path, lineno, reason) tuple came through JSON as a list.
+            data = {**data, "longrepr": tuple(data["longrepr"])}
+        report = item.config.hook.pytest_report_from_serializable(config=item.config, data=data)
+        if isinstance(report, pytest.TestReport) and report.when in ("setup", "call", "teardown"):
             report.nodeid, report.location = item.nodeid, item.location
             by_when.setdefault(report.when, report)
     return by_when
@@ -92,8 +94,11 @@ def build(
     """Setup, call and teardown reports as if the test had run in-process, with the exit
     verdict (``failure_text``, None when the exit was clean) folded in."""
     by_when = _child_reports(item, evidence)
-    crash = _Crash(failure_summary or "the child could not run this test",
-                   str(item.location[0]), (item.location[1] or 0) + 1)
+    crash = _Crash(
+        failure_summary or "the child could not run this test",
+        str(item.location[0]),
+        (item.location[1] or 0) + 1,
+    )
     placed = failure_text is None
     extra = "" if failure_text is None else "\n\n" + failure_text
 
@@ -111,15 +116,16 @@ def build(
             by_when["teardown"] = _synthetic(item, "teardown", "passed", None)
         else:
             text = "the child did not finish the test's teardown" + extra
-            by_when["teardown"] = _synthetic(
-                item, "teardown", "failed", _TextRepr(text, crash)
-            )
+            by_when["teardown"] = _synthetic(item, "teardown", "failed", _TextRepr(text, crash))
             placed = True
 
     if not placed and failure_text is not None:
         target = by_when.get("call") or (setup if setup.failed else by_when["teardown"])
         original = target.longrepr if target.failed else None
-        target.longrepr = ExitFailureRepr(failure_text, failure_summary, item, original)
+        # pytest accepts any object with toterminal() as a longrepr (as xdist's do).
+        target.longrepr = ExitFailureRepr(  # type: ignore[assignment]
+            failure_text, failure_summary, item, original
+        )
         target.outcome = "failed"
         if hasattr(target, "wasxfail"):
             del target.wasxfail

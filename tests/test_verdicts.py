@@ -204,7 +204,7 @@ def test_daemon_thread_holding_the_stdout_lock_is_the_buffered_busy_crash(run):
             "*daemon exit: FATAL_ERROR, EXIT_CODE in phase finalizing*",
             "*killed by SIGABRT*",
             "*stopped while holding a buffered stream's lock*",
-            "*could not acquire lock for <_io.BufferedWriter name='<stdout>'> at interpreter shutdown*",
+            "*could not acquire lock for <_io.BufferedWriter name='<stdout>'> at interpreter shut*",
         ]
     )
 
@@ -308,7 +308,9 @@ def test_body_failure_stays_a_normal_failure(run):
     )
     result = run()
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*>*assert x == 42*", "E*assert 41 == 42", "*test_it.py:6: AssertionError"])
+    result.stdout.fnmatch_lines(
+        ["*>*assert x == 42*", "E*assert 41 == 42", "*test_it.py:6: AssertionError"]
+    )
     result.stdout.no_fnmatch_line("*daemon exit*")
     result.stdout.fnmatch_lines(["FAILED test_it.py::test_body - assert 41 == 42"])
 
@@ -394,7 +396,11 @@ def test_reproduce_command_reproduces_the_failure(run, pytester):
     command = lines[lines.index("reproduce with:") + 1].strip()
     assert "test_it.py::test_status" in command
     again = subprocess.run(
-        command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120,
+        command,
+        shell=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=120,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     out = again.stdout.decode()

@@ -1,0 +1,55 @@
+"""The engine without pytest's plugin layer: run a script in a child that finalizes."""
+
+from __future__ import annotations
+
+import sys
+
+from pytest_daemonexit import judge, phases, runner
+from pytest_daemonexit.settings import Settings
+
+
+def test_phase_markers_arrive_in_shutdown_order(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text("print('hello')\n")
+    evidence = runner.run(runner.RunRequest.script(str(script), timeout=10))
+    assert evidence.returncode == 0
+    names = [mark.name for mark in evidence.phases]
+    assert names == list(phases.PHASE_NAMES)
+    assert evidence.stdout_test.text == "hello\n"
+    assert judge.judge(evidence, Settings()).ok
+
+
+def test_script_exit_code_and_stderr_after_the_test(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text(
+        "import atexit, sys\n"
+        "atexit.register(lambda: sys.stderr.write('Exception ignored in: <x>\\n'))\n"
+        "sys.exit(3)\n"
+    )
+    evidence = runner.run(runner.RunRequest.script(str(script)))
+    assert evidence.returncode == 3
+    verdict = judge.judge(evidence, Settings())
+    assert verdict.classes == ("EXIT_CODE", "SHUTDOWN_EXCEPTION")
+    assert verdict.findings[1].phase == "atexit"
+
+
+def test_child_environment_removes_pinned_variables():
+    env = runner.child_environment({"PYTHONUNBUFFERED": "1", "PYTHONDEVMODE": "1", "KEEP": "x"})
+    assert env == {"KEEP": "x"}
+
+
+def test_stopped_child_gets_a_dump_and_is_killed(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text(
+        "import threading, time\n"
+        "def stuck():\n"
+        "    time.sleep(300)\n"
+        "threading.Thread(target=stuck).start()\n"
+    )
+    evidence = runner.run(runner.RunRequest.script(str(script), timeout=1, native_stacks="off"))
+    assert evidence.stopped == "exit_timeout"
+    assert evidence.returncode == -9
+    verdict = judge.judge(evidence, Settings(timeout=1))
+    assert verdict.kind == "HANG"
+    assert any(f.function == "stuck" for s in verdict.stacks for f in s.frames)
+    assert sys.platform != "linux" or evidence.last_phase == "threading_shutdown"
