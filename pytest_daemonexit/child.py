@@ -10,6 +10,7 @@ import json
 import os
 import runpy
 import sys
+import threading
 from typing import Any, Dict, List, Optional, Sequence
 
 from pytest_daemonexit import channel, injection
@@ -76,8 +77,13 @@ def run(spec: Dict[str, Any]) -> None:
     fault_file = open(spec["fault_file"], "w", encoding="utf-8")  # noqa: SIM115 - lives until exit
     watchdog = injection.Watchdog(fault_file)
     watchdog.arm(float(spec.get("run_timeout") or 0))
+    if sys.version_info < (3, 9):
+        # 3.9+ line-buffers stderr even into a file; the same here keeps what the child
+        # prints in the phase that printed it.
+        sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     writer.send(
         "start",
+        main_thread=threading.get_ident(),
         python=sys.version,
         executable=sys.executable,
         version=list(sys.version_info[:3]),

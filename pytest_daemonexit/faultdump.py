@@ -154,18 +154,21 @@ def innermost_user_frame(stack: ThreadStack) -> Optional[Frame]:
     return None
 
 
-def user_first(threads: Iterable[ThreadStack]) -> List[ThreadStack]:
-    """Threads that run user code first, the current thread first among equals."""
+def user_first(threads: Iterable[ThreadStack], main: Optional[str] = None) -> List[ThreadStack]:
+    """Threads that run user code first; among those the main thread (in a hang it is the
+    one waiting, e.g. an atexit handler joining a thread), then the current thread."""
     return sorted(
         threads,
-        key=lambda t: (innermost_user_frame(t) is None, not t.current),
+        key=lambda t: (innermost_user_frame(t) is None, t.thread_id != main, not t.current),
     )
 
 
-def format_stack(stack: ThreadStack, indent: str = "  ") -> List[str]:
+def format_stack(stack: ThreadStack, indent: str = "  ", main: Optional[str] = None) -> List[str]:
     """faulthandler-like text, user frames marked with ``>``."""
     kind = "Current thread" if stack.current else "Thread"
     name = f" [{stack.name}]" if stack.name else ""
+    if main is not None and stack.thread_id == main:
+        name += " (main thread)"
     lines = [f"{indent}{kind} {stack.thread_id}{name} (most recent call first):"]
     if not stack.frames:
         lines.append(f"{indent}    <no Python frame>")

@@ -28,6 +28,15 @@ _HEADERS_BEFORE_TRACEBACK = (
     "logging-error",
     "most-likely-shutdown",
 )
+#: Signatures of an exception's message: inside an open block (a thread's traceback, say)
+#: they name what went wrong in it rather than start a block of their own.
+_MESSAGES = (
+    "new-thread-at-shutdown",
+    "futures-after-shutdown",
+    "finalization-error",
+    "meta-path-none",
+    "broken-pipe",
+)
 _CHAINING = (
     "During handling of the above exception, another exception occurred:",
     "The above exception was the direct cause of the following exception:",
@@ -51,6 +60,7 @@ class Verdict:
     returncode: Optional[int]
     stacks: Tuple[faultdump.ThreadStack, ...] = ()
     stack_source: str = ""
+    main_thread: Optional[str] = None
 
     @property
     def ok(self) -> bool:
@@ -78,6 +88,11 @@ class _Block:
     signature: Signature
     lines: List[str]
     offset: int = -1  # byte offset of the first line in the text
+    specific: Optional[Signature] = None  # a message signature found inside the block
+
+    @property
+    def cause(self) -> Signature:
+        return self.specific or self.signature
 
 
 def stderr_blocks(text: str, signatures: Sequence[Signature]) -> List[_Block]:
@@ -106,7 +121,9 @@ def stderr_blocks(text: str, signatures: Sequence[Signature]) -> List[_Block]:
             current = None
         blank_seen = False
         match = next((s for s in signatures if s.regex.search(line)), None)
-        if match is not None and not _continues(current, match):
+        if match is not None and current is not None and match.name in _MESSAGES:
+            current.specific = current.specific or match
+        elif match is not None and not _continues(current, match):
             current = _Block(match, [], line_offset)
             blocks.append(current)
         if current is not None:
@@ -170,19 +187,19 @@ def judge(
     for block in fault_blocks:
         block.offset = -1
     blocks += fault_blocks
-    benign = [b for b in blocks if b.signature.verdict == BENIGN]
+    benign = [b for b in blocks if b.cause.verdict == BENIGN]
     grouped: Dict[str, Tuple[_Block, int]] = {}
     for block in blocks:
-        if block.signature.verdict == BENIGN or _allowed(block, settings):
+        if block.cause.verdict == BENIGN or _allowed(block, settings):
             continue
-        key = block.signature.name
+        key = block.cause.name
         if key in grouped:
             first, count = grouped[key]
             grouped[key] = (first, count + 1)
         else:
             grouped[key] = (block, 1)
     for block, count in grouped.values():
-        sig = block.signature
+        sig = block.cause
         lines = tuple(block.lines[:BLOCK_LINES])
         if len(block.lines) > BLOCK_LINES:
             lines += (f"[... {len(block.lines) - BLOCK_LINES} more lines]",)
@@ -193,7 +210,7 @@ def judge(
         )
 
     if evidence.stopped is None and rc is not None and rc != settings.exit_code:
-        explained = any(b.signature.exit_code == rc for b in benign)
+        explained = any(b.cause.exit_code == rc for b in benign)
         if not explained:
             expected = describe_status(settings.exit_code)
             findings.append(
@@ -213,6 +230,6 @@ def judge(
     stacks: Tuple[faultdump.ThreadStack, ...] = ()
     source = ""
     if dumps:
-        stacks = tuple(faultdump.user_first(dumps[-1].threads))
+        stacks = tuple(faultdump.user_first(dumps[-1].threads, evidence.main_thread))
         source = dumps[-1].header or "faulthandler"
-    return Verdict(tuple(findings), phase, rc, stacks, source)
+    return Verdict(tuple(findings), phase, rc, stacks, source, evidence.main_thread)

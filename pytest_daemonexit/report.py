@@ -8,6 +8,8 @@ from pytest_daemonexit import faultdump, phases
 from pytest_daemonexit.judge import Verdict, describe_status
 from pytest_daemonexit.runner import Evidence
 
+_OWN_FLUSH = "pytest_daemonexit/injection.py"
+_AFTER_THREADS_STOPPED = ("finalizing", "gc", "module_teardown", "interpreter_clear")
 #: Threads shown in full; the others are summarised.
 MAX_THREADS = 8
 STDERR_TAIL_LINES = 30
@@ -53,7 +55,17 @@ def format_verdict(
         lines.append("")
         lines.append(f"stacks ({verdict.stack_source}), user code marked with '>':")
         for stack in verdict.stacks[:MAX_THREADS]:
-            lines.extend(faultdump.format_stack(stack))
+            lines.extend(faultdump.format_stack(stack, main=verdict.main_thread))
+        if any(_OWN_FLUSH in str(f) for s in verdict.stacks for f in s.frames):
+            lines.append(
+                "  (the frame in pytest_daemonexit/injection.py is the interpreter's "
+                "final flush of sys.stdout, wrapped to mark the phase)"
+            )
+        if verdict.phase in _AFTER_THREADS_STOPPED:
+            lines.append(
+                "  (daemon threads no longer appear in Python stacks once the "
+                "runtime is finalizing; see the native stacks when there are any)"
+            )
         if len(verdict.stacks) > MAX_THREADS:
             lines.append(f"  ... {len(verdict.stacks) - MAX_THREADS} more threads")
     elif evidence.stopped:

@@ -148,6 +148,15 @@ class Evidence:
                 found = mark.name
         return found
 
+    @property
+    def main_thread(self) -> Optional[str]:
+        """The child's main thread id as faulthandler prints it."""
+        for record in self.events("start"):
+            ident = record.get("main_thread")
+            if isinstance(ident, int):
+                return f"0x{ident:016x}"
+        return None
+
     def events(self, name: str) -> List[Dict[str, Any]]:
         return [r for r in self.records if r.get("event") == name]
 

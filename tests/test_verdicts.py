@@ -422,4 +422,4 @@ def test_native_stacks_of_a_hang(run):
     )
     result = run(native=True)
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*native stacks*", "*$ gdb*", "*wait_for_thread_shutdown*"])
+    result.stdout.fnmatch_lines(["*native stacks*", "*$ gdb*", "*Thread 2 (LWP *", "*time_sleep*"])
