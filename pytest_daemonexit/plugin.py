@@ -286,12 +286,10 @@ def _run_marked(item: pytest.Item) -> Sequence[pytest.TestReport]:
         rep = pytest.TestReport(item.nodeid, item.location, {}, "failed", str(exc), "setup")
         return [rep]
     run_dir = _run_dir(config, item)
-    args = [
-        *_passthrough_args(config),
-        f"--basetemp={Path(run_dir, 'basetemp')}",
-        "-o",
-        f"cache_dir={Path(run_dir, 'cache')}",
-    ]
+    args = [*_passthrough_args(config), f"--basetemp={Path(run_dir, 'basetemp')}"]
+    if config.pluginmanager.has_plugin("cacheprovider"):
+        # The child's cache must not overwrite the parent's (lastfailed, stepwise).
+        args += ["-o", f"cache_dir={Path(run_dir, 'cache')}"]
     if config.pluginmanager.has_plugin("xdist"):
         args.append("-n0")
     args.append(_node_arg(item))
