@@ -276,15 +276,14 @@ def _run_marked(item: pytest.Item) -> Sequence[pytest.TestReport]:
     if sys.platform == "win32":
         # The child needs an inherited pipe and POSIX process groups.
         reason = "pytest-daemonexit runs marked tests on Linux and macOS only"
-        skip = pytest.TestReport(
-            item.nodeid, item.location, {}, "skipped", (str(item.path), 0, reason), "setup"
-        )
-        return [skip, pytest.TestReport(item.nodeid, item.location, {}, "passed", None, "teardown")]
+        return [
+            testreports.synthetic(item, "setup", "skipped", (str(item.path), 0, reason)),
+            testreports.synthetic(item, "teardown", "passed", None),
+        ]
     try:
         settings = item.stash[ITEM_KEY] if ITEM_KEY in item.stash else item_settings(item)
     except SettingError as exc:
-        rep = pytest.TestReport(item.nodeid, item.location, {}, "failed", str(exc), "setup")
-        return [rep]
+        return [testreports.synthetic(item, "setup", "failed", str(exc))]
     run_dir = _run_dir(config, item)
     args = [*_passthrough_args(config), f"--basetemp={Path(run_dir, 'basetemp')}"]
     if config.pluginmanager.has_plugin("cacheprovider"):

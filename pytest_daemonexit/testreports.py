@@ -47,12 +47,13 @@ class ExitFailureRepr:
         return "\n\n".join(parts)
 
 
-def _synthetic(
+def synthetic(
     item: pytest.Item,
     when: Literal["setup", "call", "teardown"],
-    outcome: Literal["passed", "failed"],
+    outcome: Literal["passed", "failed", "skipped"],
     longrepr: Any,
 ) -> pytest.TestReport:
+    """A report for a phase the child did not report itself."""
     return pytest.TestReport(item.nodeid, item.location, {}, outcome, longrepr, when, [], 0.0)
 
 
@@ -104,19 +105,19 @@ def build(
 
     if "setup" not in by_when:
         text = _why_missing(evidence) + extra
-        by_when["setup"] = _synthetic(item, "setup", "failed", _TextRepr(text, crash))
+        by_when["setup"] = synthetic(item, "setup", "failed", _TextRepr(text, crash))
         placed = True
     setup = by_when["setup"]
     if setup.passed and "call" not in by_when:
         text = "the child did not finish the test's call phase" + extra
-        by_when["call"] = _synthetic(item, "call", "failed", _TextRepr(text, crash))
+        by_when["call"] = synthetic(item, "call", "failed", _TextRepr(text, crash))
         placed = True
     if "teardown" not in by_when:
         if placed:
-            by_when["teardown"] = _synthetic(item, "teardown", "passed", None)
+            by_when["teardown"] = synthetic(item, "teardown", "passed", None)
         else:
             text = "the child did not finish the test's teardown" + extra
-            by_when["teardown"] = _synthetic(item, "teardown", "failed", _TextRepr(text, crash))
+            by_when["teardown"] = synthetic(item, "teardown", "failed", _TextRepr(text, crash))
             placed = True
 
     if not placed and failure_text is not None:
