@@ -28,15 +28,6 @@ _HEADERS_BEFORE_TRACEBACK = (
     "logging-error",
     "most-likely-shutdown",
 )
-#: Signatures of an exception's message: inside an open block (a thread's traceback, say)
-#: they name what went wrong in it rather than start a block of their own.
-_MESSAGES = (
-    "new-thread-at-shutdown",
-    "futures-after-shutdown",
-    "finalization-error",
-    "meta-path-none",
-    "broken-pipe",
-)
 _CHAINING = (
     "During handling of the above exception, another exception occurred:",
     "The above exception was the direct cause of the following exception:",
@@ -121,7 +112,7 @@ def stderr_blocks(text: str, signatures: Sequence[Signature]) -> List[_Block]:
             current = None
         blank_seen = False
         match = next((s for s in signatures if s.regex.search(line)), None)
-        if match is not None and current is not None and match.name in _MESSAGES:
+        if match is not None and current is not None and match.message:
             current.specific = current.specific or match
         elif match is not None and not _continues(current, match):
             current = _Block(match, [], line_offset)

@@ -27,7 +27,8 @@ class Signature:
 
     ``pattern`` is a regular expression searched in each line; ``verdict`` is the class a
     match produces (one of :data:`VERDICT_CLASSES`, or :data:`BENIGN`); ``exit_code``, when
-    set, restricts a benign signature to the exit status it explains.
+    set, restricts a benign signature to the exit status it explains; ``message`` marks
+    an exception's message line (see the field).
     """
 
     name: str
@@ -35,6 +36,9 @@ class Signature:
     verdict: str
     description: str = ""
     exit_code: Optional[int] = None
+    #: The line is an exception's message: inside an open block (a thread's traceback,
+    #: say) it names what went wrong there instead of starting a block of its own.
+    message: bool = False
 
     def __post_init__(self) -> None:
         if self.verdict not in (*VERDICT_CLASSES, BENIGN):
@@ -115,24 +119,28 @@ BUILTIN_SIGNATURES: Tuple[Signature, ...] = (
         r"can't create new thread at interpreter shutdown",
         SHUTDOWN_EXCEPTION,
         "code started a thread during finalization (refused on 3.12+)",
+        message=True,
     ),
     Signature(
         "futures-after-shutdown",
         r"cannot schedule new futures after (interpreter )?shutdown",
         SHUTDOWN_EXCEPTION,
         "work submitted to an executor that was shut down at exit",
+        message=True,
     ),
     Signature(
         "finalization-error",
         r"PythonFinalizationError",
         SHUTDOWN_EXCEPTION,
         "an operation refused because the interpreter is finalizing (3.13+)",
+        message=True,
     ),
     Signature(
         "meta-path-none",
         r"sys\.meta_path is None, Python is likely shutting down",
         SHUTDOWN_EXCEPTION,
         "an import during module teardown",
+        message=True,
     ),
     Signature(
         "atexit-error",
@@ -164,5 +172,6 @@ BUILTIN_SIGNATURES: Tuple[Signature, ...] = (
         BENIGN,
         "the reader of stdout went away: the final flush failed (CPython exits with 120)",
         exit_code=120,
+        message=True,
     ),
 )
