@@ -71,8 +71,19 @@ def run(spec: Dict[str, Any]) -> None:
     _die_with_parent(int(spec.get("parent_pid") or 0))
     fd = int(spec["channel_fd"])
     os.set_inheritable(fd, False)  # grandchildren must not hold the parent's pipe open
-    mark = injection.make_marker(fd)
-    injection.install_early(mark)  # first atexit registration, so it runs last
+    mark: Any = injection.make_marker(fd)
+    threading_actions = True
+    quiet: Sequence[str] = ()
+    if spec.get("plan"):
+        # Imported only for a plan: the natural run stays free of its imports.
+        from pytest_daemonexit import perturb
+
+        engine = perturb.Engine(spec["plan"], fd, int(spec.get("seed") or 0))
+        engine.install()  # may register the atexit callback that must run after all others
+        mark = engine.hooks(mark)
+        threading_actions = not engine.threading_actions_separate
+        quiet = engine.quiet
+    injection.install_early(mark, quiet)  # first atexit registration (but the engine's), runs last
     writer = channel.Writer(fd)
     fault_file = open(spec["fault_file"], "w", encoding="utf-8")  # noqa: SIM115 - lives until exit
     watchdog = injection.Watchdog(fault_file)
@@ -114,7 +125,7 @@ def run(spec: Dict[str, Any]) -> None:
         mark("test_done")
         watchdog.take_over()
         watchdog.arm(float(spec.get("timeout") or 0))
-        injection.install_shutdown_markers(mark)
+        injection.install_shutdown_markers(mark, threading_actions)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

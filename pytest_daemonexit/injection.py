@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import types
-from typing import IO, Any, Callable, List, Optional
+from typing import IO, Any, Callable, List, Optional, Sequence
 
 #: Signal the parent sends to make faulthandler dump every thread's stack.
 DUMP_SIGNAL: int = (
@@ -117,10 +117,15 @@ class _TeardownSentinel:
 SENTINEL_MODULE = "_pytest_daemonexit_sentinel"
 
 
-def install_late_markers(mark: Mark) -> None:
-    """Markers for the phases after atexit; called from the last atexit callback."""
+#: Phases whose markers run Python code soon after the runtime is marked finalizing.
+EARLY_LATE_MARKERS = ("finalizing", "gc", "module_teardown")
+
+
+def install_late_markers(mark: Mark, skip: Sequence[str] = ()) -> None:
+    """Markers for the phases after atexit; called from the last atexit callback.
+    ``skip``: phases to leave unmarked, so that no Python code runs there."""
     is_finalizing = sys.is_finalizing
-    if sys.stdout is not None:
+    if sys.stdout is not None and "finalizing" not in skip:
         sys.stdout = _StdoutFlushMarker(sys.stdout, mark, is_finalizing)
 
     gc_done: List[bool] = []
@@ -130,12 +135,14 @@ def install_late_markers(mark: Mark) -> None:
             _done.append(True)
             mark("gc")
 
-    gc.callbacks.append(on_gc)
+    if "gc" not in skip:
+        gc.callbacks.append(on_gc)
 
-    module = types.ModuleType(SENTINEL_MODULE)
-    module.sentinel = _TeardownSentinel(mark)  # type: ignore[attr-defined]
-    sys.modules[SENTINEL_MODULE] = module
-    del module
+    if "module_teardown" not in skip:
+        module = types.ModuleType(SENTINEL_MODULE)
+        module.sentinel = _TeardownSentinel(mark)  # type: ignore[attr-defined]
+        sys.modules[SENTINEL_MODULE] = module
+        del module
 
     if hasattr(sys, "addaudithook"):
 
@@ -147,33 +154,40 @@ def install_late_markers(mark: Mark) -> None:
         sys.addaudithook(on_audit)
 
 
-def install_early(mark: Mark) -> None:
+def install_early(mark: Mark, skip: Sequence[str] = ()) -> None:
     """Register the atexit callback that runs last (atexit is LIFO): call before anything
-    else registers one."""
+    else registers one.  ``skip``: late phases to leave unmarked."""
 
-    def last_atexit(_mark: Mark = mark) -> None:
+    def last_atexit(_mark: Mark = mark, _skip: Sequence[str] = tuple(skip)) -> None:
         _mark("atexit_done")
-        install_late_markers(_mark)
+        install_late_markers(_mark, _skip)
 
     atexit.register(last_atexit)
 
 
-def install_shutdown_markers(mark: Mark) -> None:
-    """Markers for threading shutdown and the start of atexit; call when the test is done."""
+def install_shutdown_markers(mark: Callable[..., None], threading_actions: bool = True) -> None:
+    """Markers for threading shutdown and the start of atexit; call when the test is done.
+
+    ``mark`` may be a perturbation engine's ``enter(phase, act)``; ``threading_actions``
+    False means the engine acts at threading shutdown by itself (perturb.py)."""
     original: Optional[Callable[[], Any]] = getattr(threading, "_shutdown", None)
     if original is None:  # pragma: no cover - every supported CPython has it
         return
 
-    def first_atexit(_mark: Mark = mark) -> None:
+    def first_atexit(_mark: Callable[..., None] = mark) -> None:
         _mark("atexit")
 
     def _shutdown(
         _orig: Callable[[], Any] = original,
-        _mark: Mark = mark,
+        _mark: Callable[..., None] = mark,
         _register: Any = atexit.register,
         _first: Callable[[], None] = first_atexit,
+        _act: bool = threading_actions,
     ) -> Any:
-        _mark("threading_shutdown")
+        if _act:
+            _mark("threading_shutdown")
+        else:
+            _mark("threading_shutdown", False)
         try:
             return _orig()
         finally:

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from pytest_daemonexit import faultdump, phases
+from pytest_daemonexit.policies import InterpreterBug, Policy
 from pytest_daemonexit.processes import signal_name
 from pytest_daemonexit.runner import Evidence
 from pytest_daemonexit.settings import Settings
@@ -15,6 +16,7 @@ from pytest_daemonexit.signatures import (
     EXIT_CODE,
     FATAL_ERROR,
     HANG,
+    LATE_THREAD,
     VERDICT_CLASSES,
     Signature,
 )
@@ -52,6 +54,8 @@ class Verdict:
     stacks: Tuple[faultdump.ThreadStack, ...] = ()
     stack_source: str = ""
     main_thread: Optional[str] = None
+    #: Set when the failure is a known CPython defect on this interpreter (policies.py).
+    interpreter_bug: Optional[InterpreterBug] = None
 
     @property
     def ok(self) -> bool:
@@ -138,12 +142,43 @@ def _allowed(block: _Block, settings: Settings) -> bool:
     return any(p.search(text) for p in settings.allow_stderr)
 
 
+_LATE_KINDS = {
+    "python": "a thread started with _thread.start_new_thread",
+    "native": "a native thread calling back into Python (PyGILState_Ensure)",
+    "spinner": "a CPU-bound daemon thread",
+}
+
+
+def _late_threads(evidence: Evidence) -> List[Finding]:
+    findings = []
+    seen = set()
+    for record in evidence.events("late_thread"):
+        kind = str(record.get("kind"))
+        if kind in seen:
+            continue
+        seen.add(kind)
+        what = _LATE_KINDS.get(kind, kind)
+        where = record.get("phase")
+        findings.append(
+            Finding(
+                LATE_THREAD,
+                f"{what} ran Python code after the runtime was marked finalizing",
+                phase=str(where) if where else None,
+            )
+        )
+    return findings
+
+
 def judge(
     evidence: Evidence,
     settings: Settings,
     signatures: Iterable[Signature] = BUILTIN_SIGNATURES,
+    policy: Optional[Policy] = None,
 ) -> Verdict:
-    """The verdict on one child's exit.  Findings are ordered most specific first."""
+    """The verdict on one child's exit.  Findings are ordered most specific first.
+
+    With the ``policy`` the child ran under, a failure that policy knows as a CPython
+    defect of the child's interpreter is marked as such (``Verdict.interpreter_bug``)."""
     signatures = tuple(signatures)
     findings: List[Finding] = []
     rc = evidence.returncode
@@ -212,6 +247,7 @@ def judge(
                 )
             )
 
+    findings += _late_threads(evidence)
     findings.sort(key=lambda f: VERDICT_CLASSES.index(f.verdict))
     died = evidence.stopped is not None or (rc is not None and rc < 0)
     if not died and findings and findings[0].phase:
@@ -223,4 +259,9 @@ def judge(
     if dumps:
         stacks = tuple(faultdump.user_first(dumps[-1].threads, evidence.main_thread))
         source = dumps[-1].header or "faulthandler"
-    return Verdict(tuple(findings), phase, rc, stacks, source, evidence.main_thread)
+    bug = None
+    if findings and policy is not None and evidence.version:
+        classes = tuple(dict.fromkeys(f.verdict for f in findings))
+        text = "\n".join(line for f in findings for line in (f.summary, *f.lines))
+        bug = policy.interpreter_bug(evidence.version, classes, phase, text, evidence.native_stacks)
+    return Verdict(tuple(findings), phase, rc, stacks, source, evidence.main_thread, bug)

@@ -62,6 +62,18 @@ def kill_tree(pid: int, group: bool = True) -> None:
             pass
 
 
+def signal_threads(pid: int, signum: int) -> int:
+    """Send ``signum`` to every thread of process ``pid`` except its main thread (Linux:
+    tgkill through /proc/PID/task); returns how many threads were signalled."""
+    from pytest_daemonexit.perturb import tgkill
+
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return 0
+    return sum(1 for tid in tids if tid != pid and tgkill(pid, tid, signum))
+
+
 def signal_name(returncode: int) -> str:
     """``SIGSEGV`` for -11, etc."""
     try:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from pytest_daemonexit import channel, processes
+from pytest_daemonexit.policies import Action
 
 #: Environment variables that change what can go wrong at exit, or make the child
 #: interactive; the child's behaviour must not depend on whether the CI image sets them.
@@ -81,6 +82,8 @@ class RunRequest:
     native_stacks: str = "auto"
     sys_path0: Optional[str] = ORIGINAL_SYS_PATH0
     workdir: Optional[str] = None  # default: a temporary directory, removed afterwards
+    plan: Tuple[Action, ...] = ()  # a policy's perturbation (policies.py)
+    seed: int = 0  # the run's seed: the child draws its own random choices from it
 
     @classmethod
     def script(cls, path: str, *args: str, **kwargs: Any) -> RunRequest:
@@ -131,6 +134,8 @@ class Evidence:
     exit_seconds: Optional[float]  # from the test's end to the child's end, parent's clock
     version: Optional[Tuple[int, ...]] = None
     workdir: Optional[str] = None
+    plan: Tuple[Action, ...] = ()
+    seed: int = 0
 
     @property
     def last_phase(self) -> str:
@@ -332,7 +337,11 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
         "run_timeout": request.run_timeout,
         "plugins": list(request.plugins),
         "parent_pid": os.getpid(),
+        "plan": [a.to_json() for a in request.plan if a.do != "storm"],
+        "seed": request.seed,
     }
+    storms = {a.phase: a for a in request.plan if a.do == "storm"}
+    storm: Optional[_Storm] = None
     spec_path.write_text(json.dumps(spec), encoding="utf-8")
     argv = request.argv(str(spec_path))
     env = dict(request.env) if request.env is not None else child_environment()
@@ -370,6 +379,8 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
             wait = 0.05 if watch.pidfd is None else 1.0
             if deadline is not None:
                 wait = min(wait, max(0.0, deadline - now))
+            if storm is not None:
+                wait = min(wait, storm.tick(now))
             fds = ([read_fd] if pipe_open else []) + (
                 [watch.pidfd] if watch.pidfd is not None else []
             )
@@ -382,9 +393,12 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
                 if not data:
                     pipe_open = False
                 for record in reader.feed(data):
-                    if _take(record, proc.pid, phases, records) == "test_done":
+                    phase = _take(record, proc.pid, phases, records)
+                    if phase == "test_done":
                         test_done_at = time.monotonic()
                         exit_deadline = test_done_at + request.timeout + DUMP_GRACE
+                    if phase in storms:
+                        storm = _Storm(proc.pid, storms[phase], time.monotonic())
         native = ""
         if stopped is not None:
             native = _stop(proc, request, fault_path)
@@ -433,7 +447,32 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
         exit_seconds=None if test_done_at is None else ended - test_done_at,
         version=version,
         workdir=str(workdir),
+        plan=request.plan,
+        seed=request.seed,
     )
+
+
+class _Storm:
+    """Signals to every thread of the child but its main one, every ``interval`` seconds
+    for ``seconds`` (a policy's "storm" action, carried out by the parent)."""
+
+    def __init__(self, pid: int, action: Action, now: float) -> None:
+        from pytest_daemonexit.perturb import WAKE_SIGNAL
+
+        self.pid = pid
+        self.signal = WAKE_SIGNAL
+        self.interval = max(action.arg("interval", 0.002), 0.0005)
+        self.end = now + min(action.arg("seconds", 0.1), 1.0)
+        self.next = now
+
+    def tick(self, now: float) -> float:
+        """Send what is due; return the seconds until the next signal (inf when over)."""
+        if now >= self.end or not self.signal:
+            return float("inf")
+        if now >= self.next:
+            processes.signal_threads(self.pid, self.signal)
+            self.next = now + self.interval
+        return max(0.0, self.next - now)
 
 
 def _fault_size(path: Path) -> int:

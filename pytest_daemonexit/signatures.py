@@ -16,7 +16,9 @@ HANG = "HANG"
 FATAL_ERROR = "FATAL_ERROR"
 EXIT_CODE = "EXIT_CODE"
 SHUTDOWN_EXCEPTION = "SHUTDOWN_EXCEPTION"
-VERDICT_CLASSES: Tuple[str, ...] = (HANG, FATAL_ERROR, EXIT_CODE, SHUTDOWN_EXCEPTION)
+#: A thread ran Python code after the runtime was marked finalizing (a policy's probe saw it).
+LATE_THREAD = "LATE_THREAD"
+VERDICT_CLASSES: Tuple[str, ...] = (HANG, FATAL_ERROR, LATE_THREAD, EXIT_CODE, SHUTDOWN_EXCEPTION)
 #: Matching stderr that is not a bug (only used with the exit status it explains).
 BENIGN = "BENIGN"
 
