@@ -15,6 +15,11 @@ _LAZY = {
     "judge": "pytest_daemonexit.judge",
     "Verdict": "pytest_daemonexit.judge",
     "Finding": "pytest_daemonexit.judge",
+    "Policy": "pytest_daemonexit.policies",
+    "Action": "pytest_daemonexit.policies",
+    "action": "pytest_daemonexit.policies",
+    "InterpreterBug": "pytest_daemonexit.policies",
+    "BUILTIN_POLICIES": "pytest_daemonexit.policies",
 }
 __all__ = sorted(_LAZY)
 

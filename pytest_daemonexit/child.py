@@ -67,7 +67,13 @@ def _die_with_parent(parent: int) -> None:
         os._exit(70)
 
 
+#: True in a child interpreter: the plugin there only reports, it does not run children.
+RUNNING = False
+
+
 def run(spec: Dict[str, Any]) -> None:
+    global RUNNING
+    RUNNING = True
     _die_with_parent(int(spec.get("parent_pid") or 0))
     fd = int(spec["channel_fd"])
     os.set_inheritable(fd, False)  # grandchildren must not hold the parent's pipe open

@@ -8,6 +8,7 @@ import pytest
 
 if TYPE_CHECKING:
     from pytest_daemonexit.judge import Verdict
+    from pytest_daemonexit.policies import Policy
     from pytest_daemonexit.runner import Evidence
     from pytest_daemonexit.settings import Settings
     from pytest_daemonexit.signatures import Signature
@@ -29,4 +30,13 @@ def pytest_daemonexit_verdict(
 
     ``evidence`` holds everything the child left (exit status, phases, stderr, dumps).
     The first non-None result wins.
+    """
+
+
+def pytest_daemonexit_policies(config: pytest.Config) -> Optional[Sequence[Policy]]:
+    """Return extra finalization policies (:class:`pytest_daemonexit.Policy`).
+
+    Called once per session, before the command line's policy names are checked, so
+    implement it in a plugin or in the rootdir's ``conftest.py``.  A name may not repeat
+    a built-in's.
     """

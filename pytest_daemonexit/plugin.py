@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import shlex
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Generator, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -24,11 +25,19 @@ from pytest_daemonexit.settings import (
 )
 
 if TYPE_CHECKING:
+    from pytest_daemonexit.judge import Verdict
+    from pytest_daemonexit.policies import Policy
+    from pytest_daemonexit.runner import Evidence
     from pytest_daemonexit.signatures import Signature
 
 SESSION_KEY = pytest.StashKey[Settings]()
 ITEM_KEY = pytest.StashKey[Settings]()
 SIGNATURES_KEY = pytest.StashKey[Tuple["Signature", ...]]()
+POLICIES_KEY = pytest.StashKey[Dict[str, "Policy"]]()
+SEED_KEY = pytest.StashKey[int]()
+SEED_CACHE_KEY = "daemonexit/seed"
+#: Options the replay command sets itself.
+_REPLAY_SET = ("--daemonexit-seed", "--daemonexit-policy")
 
 #: Options that would make the child overwrite the parent's reports, start workers, wait
 #: for a debugger or select other tests; (option, takes a value).
@@ -122,7 +131,50 @@ def session_settings(config: pytest.Config) -> Settings:
 
 
 def _in_child(config: pytest.Config) -> bool:
-    return bool(getattr(config, "_pytest_daemonexit_child", False))
+    child = sys.modules.get("pytest_daemonexit.child")
+    return bool(getattr(child, "RUNNING", False)) or bool(
+        getattr(config, "_pytest_daemonexit_child", False)
+    )
+
+
+def policy_registry(config: pytest.Config) -> Dict[str, Policy]:
+    """Built-in policies and those plugins and conftest files add (once per session)."""
+    if POLICIES_KEY not in config.stash:
+        from pytest_daemonexit import policies
+
+        extra: List[Policy] = []
+        for result in config.hook.pytest_daemonexit_policies(config=config):
+            extra.extend(result or ())
+        try:
+            config.stash[POLICIES_KEY] = policies.registry(extra)
+        except policies.PolicyError as exc:
+            raise pytest.UsageError(f"pytest_daemonexit_policies: {exc}") from None
+    return config.stash[POLICIES_KEY]
+
+
+def _policy_source(config: pytest.Config) -> str:
+    spec = next(s for s in OPTIONS if s.name == "policies")
+    return spec.option if config.getoption(spec.dest) is not None else f"ini option {spec.ini}"
+
+
+def _session_seed(config: pytest.Config, settings: Settings) -> int:
+    workerinput = getattr(config, "workerinput", None)
+    if isinstance(workerinput, dict) and "daemonexit_seed" in workerinput:
+        return int(workerinput["daemonexit_seed"])  # xdist: the controller's seed
+    cache = getattr(config, "cache", None)
+    if settings.seed == "last":
+        seed = cache.get(SEED_CACHE_KEY, None) if cache is not None else None
+        if not isinstance(seed, int):
+            raise pytest.UsageError(
+                "--daemonexit-seed=last: no seed of an earlier session in pytest's cache "
+                "(run once without it, or give the seed as a number; the cache plugin must "
+                "be enabled)"
+            )
+        return seed
+    seed = random.Random().randrange(2**32) if settings.seed == "random" else int(settings.seed)
+    if cache is not None:
+        cache.set(SEED_CACHE_KEY, seed)
+    return seed
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -132,19 +184,64 @@ def pytest_configure(config: pytest.Config) -> None:
         "finalizes, and fail it if the child crashes, hangs or prints a shutdown error at "
         "exit (pytest-daemonexit).",
     )
-    config.stash[SESSION_KEY] = session_settings(config)
+    settings = session_settings(config)
+    config.stash[SESSION_KEY] = settings
+    if _in_child(config):
+        return
+    from pytest_daemonexit import policies
+
+    try:
+        policies.select(settings.policies, policy_registry(config))
+    except policies.PolicyError as exc:
+        shown = ",".join(settings.policies)
+        raise pytest.UsageError(f"{_policy_source(config)}={shown}: {exc}") from None
+    config.stash[SEED_KEY] = _session_seed(config, settings)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist: every worker derives its runs from the controller's session seed."""
+    node.workerinput["daemonexit_seed"] = node.config.stash[SEED_KEY]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> Optional[int]:
+    if not config.getoption("daemonexit_list_policies"):
+        return None
+    from _pytest.config import create_terminal_writer
+
+    config._do_configure()
+    try:
+        tw = create_terminal_writer(config)
+        table = policy_registry(config)
+        for policy in table.values():
+            for i, line in enumerate(policy.describe()):
+                tw.line(line, bold=(i == 0))
+            tw.line()
+        tw.line(
+            "Select with --daemonexit-policy=NAME[,NAME], the marker's policies=, or the "
+            "ini value daemonexit_policy; 'default' is the set marked (default), 'all' "
+            "every policy."
+        )
+    finally:
+        config._ensure_unconfigure()
+    return 0
 
 
 def pytest_report_header(config: pytest.Config) -> Optional[List[str]]:
     if _in_child(config):
         return None
+    from pytest_daemonexit import policies
+
     base = config.stash[SESSION_KEY]
     flags = " ".join(["-X", "faulthandler", *base.python_flags()])
     from pytest_daemonexit.runner import PINNED_ENVIRONMENT
 
     removed = [name for name in PINNED_ENVIRONMENT if name in os.environ]
+    chosen = policies.select(base.policies, policy_registry(config))
     return [
-        f"daemonexit: {base.describe()}",
+        f"daemonexit: seed={config.stash[SEED_KEY]} "
+        f"policies={','.join(p.name for p in chosen)} {base.describe()}",
         f"daemonexit child: {sys.executable} {flags}; removed from its environment: "
         f"{', '.join(removed) or 'nothing'}",
     ]
@@ -153,7 +250,16 @@ def pytest_report_header(config: pytest.Config) -> Optional[List[str]]:
 def item_settings(item: pytest.Item) -> Settings:
     marks = list(item.iter_markers(MARKER))
     where = f"@pytest.mark.{MARKER} on {item.nodeid}"
-    return resolve(item.config.stash[SESSION_KEY], marker_overrides(marks, where), where)
+    base = item.config.stash[SESSION_KEY]
+    settings = resolve(base, marker_overrides(marks, where), where)
+    if settings.policies != base.policies:
+        from pytest_daemonexit import policies
+
+        try:
+            policies.select(settings.policies, policy_registry(item.config))
+        except policies.PolicyError as exc:
+            raise SettingError(f"{where}: policies={settings.policies!r}: {exc}") from None
+    return settings
 
 
 @pytest.hookimpl(wrapper=True)
@@ -234,10 +340,34 @@ def _run_dir(config: pytest.Config, item: pytest.Item) -> str:
     return tempfile.mkdtemp(prefix=f"{name}-", dir=str(base))
 
 
-def reproduce_command(item: pytest.Item) -> str:
+def reproduce_command(
+    item: pytest.Item, policy: Optional[str] = None, seed: Optional[int] = None
+) -> str:
+    """The command that replays ``item``; with a policy and a session seed, the very run."""
     config = item.config
-    argv = [sys.executable, "-m", "pytest", *_passthrough_args(config), _node_arg(item)]
+    args = _passthrough_args(config)
+    if policy is not None:
+        args = _without_options(args, _REPLAY_SET)
+        args += [f"--daemonexit-policy={policy}"]
+        if seed is not None:
+            args += [f"--daemonexit-seed={seed}"]
+    argv = [sys.executable, "-m", "pytest", *args, _node_arg(item)]
     return f"cd {shlex.quote(str(config.invocation_params.dir))} && {shlex.join(argv)}"
+
+
+def _without_options(args: Sequence[str], names: Sequence[str]) -> List[str]:
+    out: List[str] = []
+    skip_next = False
+    for arg in args:
+        if skip_next:
+            skip_next = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in names:
+            skip_next = "=" not in arg
+            continue
+        out.append(arg)
+    return out
 
 
 def _plugin_name(config: pytest.Config) -> Optional[str]:
@@ -269,8 +399,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: Optional[pytest.Item]) 
 
 
 def _run_marked(item: pytest.Item) -> Sequence[pytest.TestReport]:
-    from pytest_daemonexit import report, runner, testreports
-    from pytest_daemonexit.judge import judge
+    from pytest_daemonexit import policies, testreports
 
     config = item.config
     if sys.platform == "win32":
@@ -284,6 +413,52 @@ def _run_marked(item: pytest.Item) -> Sequence[pytest.TestReport]:
         settings = item.stash[ITEM_KEY] if ITEM_KEY in item.stash else item_settings(item)
     except SettingError as exc:
         return [testreports.synthetic(item, "setup", "failed", str(exc))]
+    version = tuple(sys.version_info[:3])
+    chosen = [
+        p
+        for p in policies.select(settings.policies, policy_registry(config))
+        if p.applies_to(version)
+    ]
+    if not chosen:
+        reason = (
+            f"none of the policies {', '.join(settings.policies) or 'default'} applies to "
+            f"CPython {'.'.join(map(str, version))}"
+        )
+        return [
+            testreports.synthetic(item, "setup", "skipped", (str(item.path), 0, reason)),
+            testreports.synthetic(item, "teardown", "passed", None),
+        ]
+    session_seed = config.stash[SEED_KEY]
+    passed: List[str] = []
+    reports: Sequence[pytest.TestReport] = ()
+    for policy in chosen:
+        seed = policies.run_seed(session_seed, item.nodeid, policy.name)
+        plan = policy.plan(seed, version)
+        evidence, verdict = _run_once(item, settings, policy, plan, seed)
+        reports, failed = _reports(item, settings, policy, evidence, verdict, passed)
+        if failed:
+            break
+        passed.append(policy.name)
+        if any(r.skipped for r in reports):
+            break  # skipped in the child: the other policies would skip too
+    for report in reports:
+        if report.when == "call":
+            report.user_properties.append(("daemonexit_policies", ",".join(passed)))
+            report.user_properties.append(("daemonexit_seed", session_seed))
+    return reports
+
+
+def _run_once(
+    item: pytest.Item,
+    settings: Settings,
+    policy: Policy,
+    plan: Sequence[Any],
+    seed: int,
+) -> Tuple[Evidence, Verdict]:
+    from pytest_daemonexit import runner
+    from pytest_daemonexit.judge import judge
+
+    config = item.config
     run_dir = _run_dir(config, item)
     args = [*_passthrough_args(config), f"--basetemp={Path(run_dir, 'basetemp')}"]
     if config.pluginmanager.has_plugin("cacheprovider"):
@@ -303,17 +478,49 @@ def _run_marked(item: pytest.Item) -> Sequence[pytest.TestReport]:
         plugins=tuple(n for n in [_plugin_name(config)] if n),
         native_stacks=settings.native_stacks,
         workdir=str(Path(run_dir, "run")),
+        plan=tuple(plan),
+        seed=seed,
     )
     evidence = runner.run(request)
-    verdict = judge(evidence, settings, _signatures(config))
+    verdict = judge(evidence, settings, _signatures(config), policy)
     override = item.ihook.pytest_daemonexit_verdict(
         item=item, verdict=verdict, evidence=evidence, settings=settings
     )
     if override is not None:
         verdict = override
+    return evidence, verdict
+
+
+def _reports(
+    item: pytest.Item,
+    settings: Settings,
+    policy: Policy,
+    evidence: Evidence,
+    verdict: Verdict,
+    passed: Sequence[str],
+) -> Tuple[List[pytest.TestReport], bool]:
+    """The test's reports for one run, and whether the run failed."""
+    from pytest_daemonexit import report, testreports
+
+    config = item.config
     text = None
     summary = ""
+    bug = verdict.interpreter_bug
+    xfail = bug is not None and settings.interpreter_bugs == "xfail"
     if not verdict.ok:
-        text = report.format_verdict(verdict, evidence, reproduce_command(item))
+        replay = reproduce_command(item, policy.name, config.stash[SEED_KEY])
+        text = report.format_verdict(verdict, evidence, replay, policy.name, passed)
         summary = f"daemon exit: {', '.join(verdict.classes)} in phase {verdict.phase}"
-    return testreports.build(item, evidence, text, summary)
+        summary += f" under policy {policy.name}"
+        if bug is not None:
+            summary += f" (CPython bug {bug.ref})"
+    built = testreports.build(item, evidence, None if xfail else text, summary)
+    failed = any(r.failed for r in built)
+    if xfail and bug is not None and not failed:
+        for r in built:
+            if r.when == "call" and r.passed:
+                r.outcome = "skipped"
+                r.wasxfail = f"{summary}: {bug.describe()}"
+                r.longrepr = None
+        return built, True
+    return built, failed or not verdict.ok

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from pytest_daemonexit import faultdump, phases
 from pytest_daemonexit.judge import Verdict, describe_status
@@ -28,11 +28,26 @@ def format_verdict(
     verdict: Verdict,
     evidence: Evidence,
     reproduce: Optional[str] = None,
+    policy: Optional[str] = None,
+    passed: Sequence[str] = (),
 ) -> str:
-    """The failure message: class, phase, exit status, stderr, stacks, replay command."""
+    """The failure message: class, phase, policy and seed, exit status, stderr, stacks,
+    replay command."""
     lines: List[str] = []
     classes = ", ".join(verdict.classes)
     lines.append(f"daemon exit: {classes} in phase {phases.describe(verdict.phase)}")
+    bug = verdict.interpreter_bug
+    if bug is not None:
+        lines.append(
+            f"  interpreter bug: {bug.describe()}; this interpreter lacks the fix "
+            "(--daemonexit-interpreter-bugs=xfail reports it as an expected failure)"
+        )
+    if policy is not None:
+        lines.append(f"  policy: {policy} (run seed {evidence.seed})")
+        if evidence.plan:
+            lines.append("  perturbation: " + "; ".join(str(a) for a in evidence.plan))
+        if passed:
+            lines.append(f"  passed before under: {', '.join(passed)}")
     status = describe_status(evidence.returncode)
     if evidence.stopped:
         status += " (stopped by pytest-daemonexit)"

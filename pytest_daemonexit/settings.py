@@ -132,6 +132,48 @@ def parse_warnings(value: object) -> Tuple[str, ...]:
     return filters
 
 
+def parse_policies(value: object) -> Tuple[str, ...]:
+    """Policy names, comma-separated or as a list; the names are checked against the
+    registered policies where those are known (the plugin)."""
+    names = []
+    for text in _strings(value):
+        for name in text.split(","):
+            name = name.strip()
+            if not name:
+                continue
+            if not all(c.isalnum() or c in "-_." for c in name):
+                raise SettingError(f"{name!r} is not a policy name")
+            if name not in names:
+                names.append(name)
+    return tuple(names)
+
+
+SEED_WORDS = ("random", "last")
+
+
+def parse_seed(value: object) -> str:
+    """A session seed: a non-negative integer, ``random`` or ``last`` (kept as text)."""
+    text = str(value).strip()
+    if text in SEED_WORDS:
+        return text
+    try:
+        seed = int(text, 0)
+    except ValueError:
+        raise SettingError("expected a non-negative integer, 'random' or 'last'") from None
+    if not 0 <= seed < 2**64:
+        raise SettingError("expected an integer from 0 to 2**64-1")
+    return str(seed)
+
+
+INTERPRETER_BUG_MODES = ("fail", "xfail")
+
+
+def parse_interpreter_bugs(value: object) -> str:
+    if value not in INTERPRETER_BUG_MODES:
+        raise SettingError(f"expected one of {', '.join(INTERPRETER_BUG_MODES)}")
+    return str(value)
+
+
 def parse_native_stacks(value: object) -> str:
     if value not in NATIVE_STACK_TOOLS:
         raise SettingError(f"expected one of {', '.join(NATIVE_STACK_TOOLS)}")
@@ -152,14 +194,15 @@ class OptionSpec:
     metavar: str = ""
     kind: str = "value"  # "value", "list" (repeatable) or "flag"
     marker: bool = True  # settable per test with the marker
+    cli: str = ""  # the option's and ini value's name when it differs from the keyword
 
     @property
     def option(self) -> str:
-        return "--daemonexit-" + self.name.replace("_", "-")
+        return "--daemonexit-" + (self.cli or self.name).replace("_", "-")
 
     @property
     def ini(self) -> str:
-        return "daemonexit_" + self.name
+        return "daemonexit_" + (self.cli or self.name)
 
     @property
     def dest(self) -> str:
@@ -229,6 +272,45 @@ OPTIONS: Tuple[OptionSpec, ...] = (
         kind="list",
     ),
     OptionSpec(
+        "policies",
+        (),
+        parse_policies,
+        "Finalization policies to run each marked test under, comma-separated "
+        "(repeatable; ini: one per line); 'default' for the default set, 'all' for every "
+        "registered policy. See --daemonexit-list-policies (default: default).",
+        "NAME[,NAME]",
+        kind="list",
+        cli="policy",
+    ),
+    OptionSpec(
+        "seed",
+        "random",
+        parse_seed,
+        "Session seed from which every run's perturbation is derived: an integer, "
+        "'random' (a new one per session, shown in the header) or 'last' (the previous "
+        "session's, from pytest's cache) (default random).",
+        "N",
+        marker=False,
+    ),
+    OptionSpec(
+        "interpreter_bugs",
+        "fail",
+        parse_interpreter_bugs,
+        "What a failure that is a known CPython bug of the child's interpreter does to "
+        "the test: fail, or xfail (reported as expected failure, naming the bug and the "
+        "first fixed release) (default fail).",
+        "fail|xfail",
+    ),
+    OptionSpec(
+        "list_policies",
+        False,
+        parse_bool,
+        "Print every registered policy (what it models, its phases, its CPython "
+        "versions) and exit.",
+        kind="flag",
+        marker=False,
+    ),
+    OptionSpec(
         "native_stacks",
         "auto",
         parse_native_stacks,
@@ -253,6 +335,10 @@ class Settings:
     unbuffered: bool = False
     dev_mode: bool = False
     warnings: Tuple[str, ...] = ()
+    policies: Tuple[str, ...] = ()
+    seed: str = "random"
+    interpreter_bugs: str = "fail"
+    list_policies: bool = False
     native_stacks: str = "auto"
 
     def python_flags(self) -> Tuple[str, ...]:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import textwrap
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
@@ -18,8 +18,13 @@ class Runner:
     def write(self, source: str, name: str = "test_it") -> None:
         self.pytester.makepyfile(**{name: textwrap.dedent(source)})
 
-    def __call__(self, *args: str, native: bool = False, **kw: Any) -> pytest.RunResult:
+    def __call__(
+        self, *args: str, native: bool = False, policy: Optional[str] = "baseline", **kw: Any
+    ) -> pytest.RunResult:
+        # Most tests are about judging one run; the natural run is enough for them.
         extra = [] if native else ["--daemonexit-native-stacks=off"]
+        if policy is not None:
+            extra.append(f"--daemonexit-policy={policy}")
         return self.pytester.runpytest_subprocess(
             "-p", "daemonexit", *extra, *args, timeout=RUN_GUARD_SECONDS, **kw
         )

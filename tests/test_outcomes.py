@@ -178,7 +178,9 @@ def test_header_shows_settings(run, pytester):
     pytester.makeini("[pytest]\ndaemonexit_timeout = 3\n")
     run.write("def test_x(): pass\n")
     result = run("--daemonexit-exit-code=0")
-    result.stdout.fnmatch_lines(["daemonexit: timeout=3s exit_code=0 run_timeout=300s *"])
+    result.stdout.fnmatch_lines(
+        ["daemonexit: seed=* policies=baseline timeout=3s exit_code=0 run_timeout=300s *"]
+    )
 
 
 def test_maxfail_stops_after_a_bad_exit(run):
