@@ -37,14 +37,16 @@ def make_marker(fd: int) -> Mark:
         _seek: Any = os.lseek,
         _fd: int = fd,
         _pid: int = os.getpid(),
-        _now: Any = time.monotonic,
+        _now: Any = time.monotonic_ns,
     ) -> None:
         try:
             # Where stderr stood when the phase began: tells which phase printed what.
             err = _seek(2, 0, 1)
         except Exception:
             err = -1
-        line = b'{"event": "phase", "phase": "%s", "pid": %d, "t": %r, "err": %d}\n' % (
+        # Integers only: formatting a float this late crashes CPython 3.13.0 (its dtoa
+        # state is freed before the interpreter-clear audit event).
+        line = b'{"event": "phase", "phase": "%s", "pid": %d, "t_ns": %d, "err": %d}\n' % (
             phase.encode("ascii"),
             _pid,
             _now(),

@@ -302,7 +302,8 @@ def _take(
         records.append(record)
         return None
     try:
-        mark = PhaseMark(str(record["phase"]), float(record["t"]), int(record.get("err", -1)))
+        when = int(record["t_ns"]) / 1e9 if "t_ns" in record else float(record["t"])
+        mark = PhaseMark(str(record["phase"]), when, int(record.get("err", -1)))
     except (KeyError, TypeError, ValueError):
         return None
     phases.append(mark)
