@@ -6,13 +6,14 @@ from typing import Any
 
 __version__ = "0.1.0.dev0"
 
+# Not "judge": the name is also the submodule's, and the import system would hand out
+# either one depending on what was imported first.  Use pytest_daemonexit.judge.judge.
 _LAZY = {
     "Signature": "pytest_daemonexit.signatures",
     "Settings": "pytest_daemonexit.settings",
     "RunRequest": "pytest_daemonexit.runner",
     "Evidence": "pytest_daemonexit.runner",
     "run": "pytest_daemonexit.runner",
-    "judge": "pytest_daemonexit.judge",
     "Verdict": "pytest_daemonexit.judge",
     "Finding": "pytest_daemonexit.judge",
     "Policy": "pytest_daemonexit.policies",

@@ -247,13 +247,22 @@ class Policy:
         lines.append(f"    phases: {', '.join(self.phases()) or 'none'}")
         lines.append(f"    CPython: {span}")
         for bug in self.bugs:
-            affected = ", ".join(f"{_ver(a)} to before {_ver(b)}" for a, b in bug.affected)
+            affected = ", ".join(_span(a, b) for a, b in bug.affected)
             lines.append(f"    interpreter bug {bug.ref} on {affected}: fixed in {bug.fixed_in}")
         return lines
 
 
 def _ver(version: Optional[Version]) -> str:
     return ".".join(map(str, version or ()))
+
+
+def _span(low: Version, high: Version) -> str:
+    """A half-open version range as people say it: "3.9.x", "before 3.9"."""
+    if tuple(low) <= (3, 0):
+        return f"before {_ver(high)}"
+    if len(low) == len(high) == 2 and high == (low[0], low[1] + 1):
+        return f"{_ver(low)}.x"
+    return f"{_ver(low)} to before {_ver(high)}"
 
 
 def run_seed(session_seed: int, nodeid: str, policy: str, round_: int = 0) -> int:
@@ -486,3 +495,28 @@ def select(names: Sequence[str], table: Mapping[str, Policy]) -> Tuple[Policy, .
                 f"unknown policy {name!r}; expected one of {', '.join(table)} (or 'default', 'all')"
             )
     return tuple(out.values())
+
+
+def policies_markdown(table: Optional[Mapping[str, Policy]] = None) -> str:
+    """The README's table of built-in policies, generated from the policies themselves."""
+    rows = [
+        "| policy | default | models | what it does | phases | interpreter bugs |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for policy in (table or registry()).values():
+        bugs = "; ".join(
+            f"{b.ref} on "
+            + ", ".join(_span(a, z) for a, z in b.affected)
+            + f", fixed in {b.fixed_in}"
+            for b in policy.bugs
+        )
+        rows.append(
+            f"| `{policy.name}` | {'yes' if policy.default else 'no'} | "
+            f"{policy.models or '—'} | {policy.description} | "
+            f"{', '.join(policy.phases()) or '—'} | {bugs or '—'} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover - documentation helper
+    print(policies_markdown(), end="")

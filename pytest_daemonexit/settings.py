@@ -195,6 +195,7 @@ class OptionSpec:
     kind: str = "value"  # "value", "list" (repeatable) or "flag"
     marker: bool = True  # settable per test with the marker
     cli: str = ""  # the option's and ini value's name when it differs from the keyword
+    shown_default: str = ""  # how the README shows the default, when repr() would not do
 
     @property
     def option(self) -> str:
@@ -281,6 +282,7 @@ OPTIONS: Tuple[OptionSpec, ...] = (
         "NAME[,NAME]",
         kind="list",
         cli="policy",
+        shown_default="default",
     ),
     OptionSpec(
         "seed",
@@ -405,7 +407,8 @@ def options_markdown() -> str:
     for spec in OPTIONS:
         marker = f"`{spec.name}=`" if spec.marker else "—"
         option = f"`{spec.option}`" + (f" `{spec.metavar}`" if spec.metavar else "")
-        default = "`" + ("none" if spec.default == () else repr(spec.default)) + "`"
+        shown = spec.shown_default or ("none" if spec.default == () else repr(spec.default))
+        default = f"`{shown}`"
         rows.append(f"| {marker} | {option} | `{spec.ini}` | {default} | {spec.help} |")
     return "\n".join(rows) + "\n"
 

@@ -110,7 +110,7 @@ def test_list_policies_describes_every_policy(run):
             "    models: fix 4, bpo-39984 and bpo-40010*",
             "    phases: test_done, atexit_done, interpreter_clear",
             "    CPython: all versions",
-            "    interpreter bug gh-96387 on 3.9 to before 3.10: fixed in 3.11.0*",
+            "    interpreter bug gh-96387 on 3.9.x: fixed in 3.11.0*",
         ]
     )
     assert "collected" not in result.stdout.str()
@@ -371,3 +371,12 @@ def test_correct_background_thread_passes_under_every_policy(run):
     )
     result = run("--daemonexit-policy=all", "-rA", policy=None)
     result.assert_outcomes(passed=1)
+
+
+def test_readme_policy_table_is_generated_from_the_policies():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert policies.policies_markdown() in readme, (
+        "README's policy table is out of date: paste `python -m pytest_daemonexit.policies`"
+    )
