@@ -16,6 +16,7 @@ _LAZY = {
     "run": "pytest_daemonexit.runner",
     "Verdict": "pytest_daemonexit.judge",
     "Finding": "pytest_daemonexit.judge",
+    "ExitResult": "pytest_daemonexit.checks",
     "Policy": "pytest_daemonexit.policies",
     "Action": "pytest_daemonexit.policies",
     "action": "pytest_daemonexit.policies",

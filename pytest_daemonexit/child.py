@@ -38,6 +38,12 @@ class ChildReporter:
         if report.failed:
             self.writer.send("collect_error", report=self._serialize(report))
 
+    def pytest_runtest_call(self, item: Any) -> None:
+        # Post-exit checks look at what the test left in its tmp_path.
+        path = getattr(item, "funcargs", {}).get("tmp_path")
+        if path is not None:
+            self.writer.send("tmp_path", path=str(path))
+
     def pytest_collection_finish(self, session: Any) -> None:
         self.writer.send("collected", nodeids=[item.nodeid for item in session.items])
 

@@ -27,6 +27,7 @@ from pytest_daemonexit.settings import (
 if TYPE_CHECKING:
     from pytest_daemonexit.judge import Verdict
     from pytest_daemonexit.policies import Policy
+    from pytest_daemonexit.rounds import Tally
     from pytest_daemonexit.runner import Evidence
     from pytest_daemonexit.signatures import Signature
 
@@ -37,7 +38,13 @@ POLICIES_KEY = pytest.StashKey[Dict[str, "Policy"]]()
 SEED_KEY = pytest.StashKey[int]()
 SEED_CACHE_KEY = "daemonexit/seed"
 #: Options the replay command sets itself.
-_REPLAY_SET = ("--daemonexit-seed", "--daemonexit-policy")
+_REPLAY_SET = (
+    "--daemonexit-seed",
+    "--daemonexit-policy",
+    "--daemonexit-rounds",
+    "--daemonexit-first-round",
+    "--daemonexit-until-fail",
+)
 
 #: Options that would make the child overwrite the parent's reports, start workers, wait
 #: for a debugger or select other tests; (option, takes a value).
@@ -89,6 +96,8 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("daemonexit", "interpreter exit of marked tests (pytest-daemonexit)")
     for spec in OPTIONS:
+        if not spec.command_line:
+            continue
         if spec.kind == "flag":
             group.addoption(
                 spec.option, action="store_true", default=None, dest=spec.dest, help=spec.help
@@ -116,6 +125,8 @@ def session_settings(config: pytest.Config) -> Settings:
     """Command line over ini over defaults; a bad value is a usage error naming it."""
     values = {}
     for spec in OPTIONS:
+        if not spec.command_line:
+            continue
         raw: Any = config.getoption(spec.dest)
         where = spec.option
         if raw is None:
@@ -341,7 +352,11 @@ def _run_dir(config: pytest.Config, item: pytest.Item) -> str:
 
 
 def reproduce_command(
-    item: pytest.Item, policy: Optional[str] = None, seed: Optional[int] = None
+    item: pytest.Item,
+    policy: Optional[str] = None,
+    seed: Optional[int] = None,
+    round_: int = 0,
+    rounds: int = 1,
 ) -> str:
     """The command that replays ``item``; with a policy and a session seed, the very run."""
     config = item.config
@@ -351,6 +366,8 @@ def reproduce_command(
         args += [f"--daemonexit-policy={policy}"]
         if seed is not None:
             args += [f"--daemonexit-seed={seed}"]
+        if round_ or rounds != 1:
+            args += ["--daemonexit-rounds=1", f"--daemonexit-first-round={round_}"]
     argv = [sys.executable, "-m", "pytest", *args, _node_arg(item)]
     return f"cd {shlex.quote(str(config.invocation_params.dir))} && {shlex.join(argv)}"
 
@@ -398,17 +415,31 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: Optional[pytest.Item]) 
     return True
 
 
+def _skip(item: pytest.Item, reason: str) -> List[pytest.TestReport]:
+    from pytest_daemonexit import testreports
+
+    return [
+        testreports.synthetic(item, "setup", "skipped", (str(item.path), 0, reason)),
+        testreports.synthetic(item, "teardown", "passed", None),
+    ]
+
+
+@dataclasses.dataclass
+class _Run:
+    policy: Policy
+    round: int
+    seed: int
+    evidence: Evidence
+    verdict: Verdict
+
+
 def _run_marked(item: pytest.Item) -> Sequence[pytest.TestReport]:
-    from pytest_daemonexit import policies, testreports
+    from pytest_daemonexit import policies, rounds, testreports
 
     config = item.config
     if sys.platform == "win32":
         # The child needs an inherited pipe and POSIX process groups.
-        reason = "pytest-daemonexit runs marked tests on Linux and macOS only"
-        return [
-            testreports.synthetic(item, "setup", "skipped", (str(item.path), 0, reason)),
-            testreports.synthetic(item, "teardown", "passed", None),
-        ]
+        return _skip(item, "pytest-daemonexit runs marked tests on Linux and macOS only")
     try:
         settings = item.stash[ITEM_KEY] if ITEM_KEY in item.stash else item_settings(item)
     except SettingError as exc:
@@ -420,42 +451,43 @@ def _run_marked(item: pytest.Item) -> Sequence[pytest.TestReport]:
         if p.applies_to(version)
     ]
     if not chosen:
-        reason = (
+        return _skip(
+            item,
             f"none of the policies {', '.join(settings.policies) or 'default'} applies to "
-            f"CPython {'.'.join(map(str, version))}"
+            f"CPython {'.'.join(map(str, version))}",
         )
-        return [
-            testreports.synthetic(item, "setup", "skipped", (str(item.path), 0, reason)),
-            testreports.synthetic(item, "teardown", "passed", None),
-        ]
     session_seed = config.stash[SEED_KEY]
-    passed: List[str] = []
-    reports: Sequence[pytest.TestReport] = ()
-    for policy in chosen:
-        seed = policies.run_seed(session_seed, item.nodeid, policy.name)
-        plan = policy.plan(seed, version)
-        evidence, verdict = _run_once(item, settings, policy, plan, seed)
-        reports, failed = _reports(item, settings, policy, evidence, verdict, passed)
-        if failed:
+    tallies = {p.name: rounds.Tally(p.name) for p in chosen}
+    first: Optional[_Run] = None
+    failing: Optional[_Run] = None
+    for policy, round_ in rounds.schedule(
+        chosen, settings.rounds, settings.until_fail, settings.first_round
+    ):
+        if failing is not None and (settings.until_fail or policy is not failing.policy):
+            break  # the rounds of the failing policy give its rate; no need for more
+        seed = policies.run_seed(session_seed, item.nodeid, policy.name, round_)
+        run = _run_once(item, settings, policy, round_, seed)
+        tallies[policy.name].add(round_, seed, run.verdict)
+        first = first or run
+        if failing is None and not run.verdict.ok:
+            failing = run
+        if failing is None and testreports.child_outcome(run.evidence) in ("failed", "skipped"):
+            # The test itself failed or skipped: other policies would not change that.
+            first = run
             break
-        passed.append(policy.name)
-        if any(r.skipped for r in reports):
-            break  # skipped in the child: the other policies would skip too
-    for report in reports:
-        if report.when == "call":
-            report.user_properties.append(("daemonexit_policies", ",".join(passed)))
-            report.user_properties.append(("daemonexit_seed", session_seed))
+    assert first is not None
+    ran = [t for t in tallies.values() if t.runs]
+    reports = _reports(item, settings, failing or first, ran)
+    reports[-1].user_properties.append(
+        ("daemonexit", {"seed": session_seed, "tallies": [t.to_json() for t in ran]})
+    )
     return reports
 
 
 def _run_once(
-    item: pytest.Item,
-    settings: Settings,
-    policy: Policy,
-    plan: Sequence[Any],
-    seed: int,
-) -> Tuple[Evidence, Verdict]:
-    from pytest_daemonexit import runner
+    item: pytest.Item, settings: Settings, policy: Policy, round_: int, seed: int
+) -> _Run:
+    from pytest_daemonexit import checks, runner
     from pytest_daemonexit.judge import judge
 
     config = item.config
@@ -478,49 +510,96 @@ def _run_once(
         plugins=tuple(n for n in [_plugin_name(config)] if n),
         native_stacks=settings.native_stacks,
         workdir=str(Path(run_dir, "run")),
-        plan=tuple(plan),
+        plan=policy.plan(seed, sys.version_info[:3]),
         seed=seed,
     )
     evidence = runner.run(request)
     verdict = judge(evidence, settings, _signatures(config), policy)
+    if settings.check and evidence.test_finished:
+        from pytest_daemonexit import testreports
+
+        if testreports.child_outcome(evidence) == "passed":
+            result = checks.ExitResult(
+                evidence=evidence,
+                verdict=verdict,
+                tmp_path=testreports.child_tmp_path(evidence),
+                policy=policy.name,
+                seed=seed,
+                round=round_,
+                user_properties=testreports.child_user_properties(evidence),
+            )
+            verdict = checks.with_findings(verdict, checks.run_checks(settings.check, result))
     override = item.ihook.pytest_daemonexit_verdict(
         item=item, verdict=verdict, evidence=evidence, settings=settings
     )
     if override is not None:
         verdict = override
-    return evidence, verdict
+    return _Run(policy, round_, seed, evidence, verdict)
 
 
 def _reports(
-    item: pytest.Item,
-    settings: Settings,
-    policy: Policy,
-    evidence: Evidence,
-    verdict: Verdict,
-    passed: Sequence[str],
-) -> Tuple[List[pytest.TestReport], bool]:
-    """The test's reports for one run, and whether the run failed."""
+    item: pytest.Item, settings: Settings, run: _Run, tallies: Sequence[Tally]
+) -> List[pytest.TestReport]:
+    """The test's reports from one run: the failing one, else the first."""
     from pytest_daemonexit import report, testreports
 
     config = item.config
+    verdict, evidence = run.verdict, run.evidence
     text = None
     summary = ""
     bug = verdict.interpreter_bug
     xfail = bug is not None and settings.interpreter_bugs == "xfail"
     if not verdict.ok:
-        replay = reproduce_command(item, policy.name, config.stash[SEED_KEY])
-        text = report.format_verdict(verdict, evidence, replay, policy.name, passed)
+        replay = reproduce_command(
+            item, run.policy.name, config.stash[SEED_KEY], run.round, settings.rounds
+        )
+        text = report.format_verdict(
+            verdict, evidence, replay, run.policy.name, [t.describe() for t in tallies]
+        )
         summary = f"daemon exit: {', '.join(verdict.classes)} in phase {verdict.phase}"
-        summary += f" under policy {policy.name}"
+        summary += f" under policy {run.policy.name}"
         if bug is not None:
             summary += f" (CPython bug {bug.ref})"
     built = testreports.build(item, evidence, None if xfail else text, summary)
-    failed = any(r.failed for r in built)
-    if xfail and bug is not None and not failed:
+    if xfail and bug is not None and not any(r.failed for r in built):
         for r in built:
             if r.when == "call" and r.passed:
                 r.outcome = "skipped"
                 r.wasxfail = f"{summary}: {bug.describe()}"
                 r.longrepr = None
-        return built, True
-    return built, failed or not verdict.ok
+    return built
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The daemonexit section: per test and policy, runs, failures, rate, first seed."""
+    if _in_child(config):
+        return
+    from pytest_daemonexit import rounds
+
+    rows = []
+    failing = 0
+    runs = 0
+    tests = 0
+    for reports in terminalreporter.stats.values():
+        for rep in reports:
+            data = dict(getattr(rep, "user_properties", ())).get("daemonexit")
+            if not isinstance(data, dict):
+                continue
+            tallies = [rounds.Tally.from_json(t) for t in data.get("tallies", ())]
+            tests += 1
+            runs += sum(t.runs for t in tallies)
+            failing += sum(t.failures for t in tallies)
+            rows.extend(rounds.summary_rows(rep.nodeid, tallies))
+    if not tests:
+        return
+    base = config.stash[SESSION_KEY]
+    show_all = config.getoption("verbose") > 0 or base.rounds > 1 or base.until_fail > 0
+    shown = rows if show_all else [r for r in rows if r[3] != "0"]
+    terminalreporter.write_sep("=", "daemonexit")
+    for line in rounds.format_table(shown) if shown else ():
+        terminalreporter.write_line(line)
+    terminalreporter.write_line(
+        f"{tests} marked test{'s' if tests != 1 else ''}, {runs} child run"
+        f"{'s' if runs != 1 else ''}, {failing} failed; session seed "
+        f"{config.stash[SEED_KEY]}" + ("" if show_all else " (-v shows every test and policy)")
+    )

@@ -47,7 +47,8 @@ def format_verdict(
         if evidence.plan:
             lines.append("  perturbation: " + "; ".join(str(a) for a in evidence.plan))
         if passed:
-            lines.append(f"  passed before under: {', '.join(passed)}")
+            lines.append("  runs of this test:")
+            lines.extend(f"    {text}" for text in passed)
     status = describe_status(evidence.returncode)
     if evidence.stopped:
         status += " (stopped by pytest-daemonexit)"

@@ -174,6 +174,41 @@ def parse_interpreter_bugs(value: object) -> str:
     return str(value)
 
 
+def _count(value: object, minimum: int, what: str) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise SettingError(f"expected {what}")
+    try:
+        number = int(cast(Any, value))
+    except (TypeError, ValueError):
+        raise SettingError(f"expected {what}") from None
+    if number < minimum:
+        raise SettingError(f"expected {what}")
+    return number
+
+
+def parse_rounds(value: object) -> int:
+    return _count(value, 1, "a whole number of runs >= 1")
+
+
+def parse_until_fail(value: object) -> int:
+    return _count(value, 0, "a whole number of runs >= 0 (0 turns it off)")
+
+
+def parse_first_round(value: object) -> int:
+    return _count(value, 0, "a round number >= 0")
+
+
+def parse_checks(value: object) -> Tuple[Callable[..., Any], ...]:
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if not callable(item):
+            raise SettingError(
+                f"expected a callable (or a list of them) taking the run's ExitResult, got "
+                f"{type(item).__name__} {item!r}"
+            )
+    return tuple(cast(Callable[..., Any], item) for item in items)
+
+
 def parse_native_stacks(value: object) -> str:
     if value not in NATIVE_STACK_TOOLS:
         raise SettingError(f"expected one of {', '.join(NATIVE_STACK_TOOLS)}")
@@ -196,6 +231,7 @@ class OptionSpec:
     marker: bool = True  # settable per test with the marker
     cli: str = ""  # the option's and ini value's name when it differs from the keyword
     shown_default: str = ""  # how the README shows the default, when repr() would not do
+    command_line: bool = True  # False: a marker keyword only (a Python object, say)
 
     @property
     def option(self) -> str:
@@ -285,6 +321,31 @@ OPTIONS: Tuple[OptionSpec, ...] = (
         shown_default="default",
     ),
     OptionSpec(
+        "rounds",
+        1,
+        parse_rounds,
+        "Runs per policy, each with its own seed; the summary gives each policy's failure "
+        "rate (default 1).",
+        "N",
+    ),
+    OptionSpec(
+        "until_fail",
+        0,
+        parse_until_fail,
+        "Hunt: keep running the test, cycling through its policies with new seeds, until "
+        "it fails or N runs are done; 0 turns it off (default 0).",
+        "N",
+    ),
+    OptionSpec(
+        "check",
+        (),
+        parse_checks,
+        "Callable (or list of them) run in the parent after the child exited, with a "
+        "pytest_daemonexit.ExitResult (the child's tmp_path, output, verdict); an "
+        "AssertionError, False or a message string is a DATA_LOST failure. Marker only.",
+        command_line=False,
+    ),
+    OptionSpec(
         "seed",
         "random",
         parse_seed,
@@ -302,6 +363,14 @@ OPTIONS: Tuple[OptionSpec, ...] = (
         "the test: fail, or xfail (reported as expected failure, naming the bug and the "
         "first fixed release) (default fail).",
         "fail|xfail",
+    ),
+    OptionSpec(
+        "first_round",
+        0,
+        parse_first_round,
+        "Number of the first round (replay commands use it to repeat one run) (default 0).",
+        "N",
+        marker=False,
     ),
     OptionSpec(
         "list_policies",
@@ -338,7 +407,11 @@ class Settings:
     dev_mode: bool = False
     warnings: Tuple[str, ...] = ()
     policies: Tuple[str, ...] = ()
+    rounds: int = 1
+    until_fail: int = 0
+    check: Tuple[Callable[..., Any], ...] = ()
     seed: str = "random"
+    first_round: int = 0
     interpreter_bugs: str = "fail"
     list_policies: bool = False
     native_stacks: str = "auto"
@@ -406,10 +479,15 @@ def options_markdown() -> str:
     ]
     for spec in OPTIONS:
         marker = f"`{spec.name}=`" if spec.marker else "—"
-        option = f"`{spec.option}`" + (f" `{spec.metavar}`" if spec.metavar else "")
+        option = (
+            f"`{spec.option}`" + (f" `{spec.metavar}`" if spec.metavar else "")
+            if spec.command_line
+            else "—"
+        )
         shown = spec.shown_default or ("none" if spec.default == () else repr(spec.default))
         default = f"`{shown}`"
-        rows.append(f"| {marker} | {option} | `{spec.ini}` | {default} | {spec.help} |")
+        ini = f"`{spec.ini}`" if spec.command_line else "—"
+        rows.append(f"| {marker} | {option} | {ini} | {default} | {spec.help} |")
     return "\n".join(rows) + "\n"
 
 

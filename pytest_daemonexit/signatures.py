@@ -18,7 +18,16 @@ EXIT_CODE = "EXIT_CODE"
 SHUTDOWN_EXCEPTION = "SHUTDOWN_EXCEPTION"
 #: A thread ran Python code after the runtime was marked finalizing (a policy's probe saw it).
 LATE_THREAD = "LATE_THREAD"
-VERDICT_CLASSES: Tuple[str, ...] = (HANG, FATAL_ERROR, LATE_THREAD, EXIT_CODE, SHUTDOWN_EXCEPTION)
+#: A post-exit check found that data the test handed over did not survive the exit.
+DATA_LOST = "DATA_LOST"
+VERDICT_CLASSES: Tuple[str, ...] = (
+    HANG,
+    FATAL_ERROR,
+    LATE_THREAD,
+    EXIT_CODE,
+    SHUTDOWN_EXCEPTION,
+    DATA_LOST,
+)
 #: Matching stderr that is not a bug (only used with the exit status it explains).
 BENIGN = "BENIGN"
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Literal, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import pytest
 
@@ -71,6 +72,35 @@ def _child_reports(item: pytest.Item, evidence: Evidence) -> Dict[str, pytest.Te
             report.nodeid, report.location = item.nodeid, item.location
             by_when.setdefault(report.when, report)
     return by_when
+
+
+def child_outcome(evidence: Evidence) -> str:
+    """ "failed" or "skipped" when the child reported that for the test, else "passed"."""
+    outcomes = [(r.get("report") or {}).get("outcome") for r in evidence.events("report")]
+    if "failed" in outcomes or not outcomes:
+        return "failed"
+    if "skipped" in outcomes:
+        return "skipped"
+    return "passed"
+
+
+def child_tmp_path(evidence: Evidence) -> Optional[Path]:
+    """The test's tmp_path in the child, when it used one."""
+    for record in evidence.events("tmp_path"):
+        if isinstance(record.get("path"), str):
+            return Path(record["path"])
+    return None
+
+
+def child_user_properties(evidence: Evidence) -> Tuple[Tuple[str, Any], ...]:
+    """What the test recorded with ``record_property`` in the child."""
+    found: List[Tuple[str, Any]] = []
+    for record in evidence.events("report"):
+        data = record.get("report") or {}
+        for pair in data.get("user_properties") or ():
+            if isinstance(pair, (list, tuple)) and len(pair) == 2:
+                found.append((str(pair[0]), pair[1]))
+    return tuple(found)
 
 
 def _why_missing(evidence: Evidence) -> str:

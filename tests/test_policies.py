@@ -204,7 +204,9 @@ def test_conftest_adds_a_policy_and_the_child_carries_out_its_plan(run, pytester
             "*daemon exit: HANG in phase module_teardown*",
             "*policy: slow-teardown (run seed *",
             "*perturbation: module_teardown: sleep(seconds=3)*",
-            "*passed before under: baseline*",
+            "*runs of this test:",
+            "*baseline: 1 run, no failure",
+            "*slow-teardown: 1 run, 1 failed (100%) HANG; first failing round 0 (run seed *",
         ]
     )
     listed = run("--daemonexit-list-policies", policy=None)
