@@ -86,6 +86,7 @@ def run(spec: Dict[str, Any]) -> None:
     mark: Any = injection.make_marker(fd)
     threading_actions = True
     quiet: Sequence[str] = ()
+    notes: List[str] = []
     if spec.get("plan"):
         # Imported only for a plan: the natural run stays free of its imports.
         from pytest_daemonexit import perturb
@@ -95,8 +96,11 @@ def run(spec: Dict[str, Any]) -> None:
         mark = engine.hooks(mark)
         threading_actions = not engine.threading_actions_separate
         quiet = engine.quiet
+        notes = engine.notes
     injection.install_early(mark, quiet)  # first atexit registration (but the engine's), runs last
     writer = channel.Writer(fd)
+    for note in notes:
+        writer.send("note", text=note)
     fault_file = open(spec["fault_file"], "w", encoding="utf-8")  # noqa: SIM115 - lives until exit
     watchdog = injection.Watchdog(fault_file)
     watchdog.arm(float(spec.get("run_timeout") or 0))

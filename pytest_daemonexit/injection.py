@@ -36,25 +36,26 @@ def make_marker(fd: int) -> Mark:
         _write: Any = os.write,
         _seek: Any = os.lseek,
         _fd: int = fd,
-        _pid: int = os.getpid(),
+        _getpid: Any = os.getpid,  # at write time: a process the test forks has its own
         _now: Any = time.monotonic_ns,
+        _exc: Any = Exception,  # builtins are None by interpreter clear
     ) -> None:
         try:
             # Where stderr stood when the phase began: tells which phase printed what.
             err = _seek(2, 0, 1)
-        except Exception:
+        except _exc:
             err = -1
         # Integers only: formatting a float this late crashes CPython 3.13.0 (its dtoa
         # state is freed before the interpreter-clear audit event).
         line = b'{"event": "phase", "phase": "%s", "pid": %d, "t_ns": %d, "err": %d}\n' % (
             phase.encode("ascii"),
-            _pid,
+            _getpid(),
             _now(),
             err,
         )
         try:
             _write(_fd, line)
-        except Exception:
+        except _exc:
             pass
 
     return mark

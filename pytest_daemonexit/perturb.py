@@ -31,8 +31,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 WAKE_SIGNAL = getattr(signal, "SIGURG", 0)
 #: A timed wait of a daemon thread is cut into slices this long, so a warp can end it.
 SLICE = 0.05
-#: After the warp, a timed wait of a daemon thread still yields this long (bounded CPU).
-WARPED_WAIT = 0.001
+#: After the warp, a timed wait of a daemon thread returns at once, without releasing the
+#: GIL: a periodic worker becomes a tight loop until the runtime stops it, so the flag
+#: finds it in the middle of its work (inside a write, holding a stream's lock) rather
+#: than asleep.  The warp only acts during shutdown; the main thread still gets the GIL
+#: every switch interval.
+WARPED_WAIT = 0.0
 #: tgkill(2) system call numbers (the wake targets threads by their kernel id).
 _TGKILL = {"x86_64": 234, "amd64": 234, "aarch64": 131, "arm64": 131, "i686": 270, "i386": 270}
 
@@ -53,13 +57,32 @@ def _libc() -> Optional[ctypes.CDLL]:
     return _LIBC[0]
 
 
+def _tgkill_function() -> Optional[Callable[[int, int, int], int]]:
+    """glibc's tgkill (2.30+), else the raw system call; None where neither exists."""
+    libc = _libc()
+    if libc is None or not sys.platform.startswith("linux"):
+        return None
+    function = getattr(libc, "tgkill", None)
+    if function is not None:
+        return function  # type: ignore[no-any-return]
+    machine = platform.machine().lower()
+    if ctypes.sizeof(ctypes.c_void_p) == 4 and machine in ("x86_64", "amd64"):
+        machine = "i686"  # 32-bit userland on a 64-bit kernel
+    nr = _TGKILL.get(machine)
+    if nr is None or (ctypes.sizeof(ctypes.c_void_p) == 4 and machine in ("aarch64", "arm64")):
+        return None
+    syscall = libc.syscall
+
+    def raw(pid: int, tid: int, signum: int, _syscall: Any = syscall, _nr: int = nr) -> int:
+        return int(_syscall(_nr, pid, tid, signum))
+
+    return raw
+
+
 def tgkill(pid: int, tid: int, signum: int) -> bool:
     """Send ``signum`` to thread ``tid`` of process ``pid`` (Linux only)."""
-    libc = _libc()
-    nr = _TGKILL.get(platform.machine().lower())
-    if libc is None or not nr or not sys.platform.startswith("linux"):
-        return False
-    return bool(libc.syscall(nr, pid, tid, signum) == 0)
+    function = _tgkill_function()
+    return function is not None and function(pid, tid, signum) == 0
 
 
 class _Sigaction(ctypes.Structure):
@@ -93,9 +116,12 @@ def make_waker() -> Act:
     libc = _libc()
     pid = os.getpid()
     main_tid = pid
-    nr = _TGKILL.get(platform.machine().lower())
+    kill = _tgkill_function()
     native_ok = bool(
-        libc is not None and nr and WAKE_SIGNAL and _install_c_noop_handler(libc, WAKE_SIGNAL)
+        libc is not None
+        and kill is not None
+        and WAKE_SIGNAL
+        and _install_c_noop_handler(libc, WAKE_SIGNAL)
     )
     if not native_ok and WAKE_SIGNAL:
         # Elsewhere: a Python-level no-op handler (works until signal handling is finalized).
@@ -117,12 +143,10 @@ def make_waker() -> Act:
             return []
 
     if native_ok:
-        syscall = libc.syscall  # type: ignore[union-attr]
 
         def wake(
             _listdir: Any = os.listdir,
-            _syscall: Any = syscall,
-            _nr: int = int(nr or 0),
+            _kill: Any = kill,
             _pid: int = pid,
             _main: int = main_tid,
             _sig: int = int(WAKE_SIGNAL),
@@ -135,7 +159,7 @@ def make_waker() -> Act:
             for name in _listdir("/proc/self/task"):
                 tid = _int(name)
                 if tid != _main and tid not in keep:
-                    _syscall(_nr, _pid, tid, _sig)
+                    _kill(_pid, tid, _sig)
 
         return wake
 
@@ -189,69 +213,91 @@ class WaitState:
 
 def install_waits(state: WaitState) -> None:
     """Wrap the timed waits daemon threads use, so a warp can end them and a starvation
-    window can stretch them.  The main thread and non-daemon threads go straight through."""
+    window can stretch them.  The main thread and non-daemon threads go straight through.
+
+    A wait is cut into slices at the level of the lock it blocks on, never by calling the
+    original wait again: a notification between two calls would be lost.  Starvation
+    delays happen where no lock of the program is held."""
     real_sleep = REAL_SLEEP
     monotonic = time.monotonic
-    current = threading.current_thread
     get_ident = _thread.get_ident
+    allocate_lock = _thread.allocate_lock
     timeout_max = getattr(_thread, "TIMEOUT_MAX", 1e9)
+    # threading's registry; current_thread() would register a _DummyThread for a thread
+    # threading does not know, which the program would then see in enumerate().
+    active = getattr(threading, "_active", {})
 
-    def affected(_ident: Any = get_ident, _s: WaitState = state, _current: Any = current) -> bool:
-        if _ident() == _s.main:
+    def affected(_ident: Any = get_ident, _s: WaitState = state, _active: Any = active) -> bool:
+        ident = _ident()
+        if ident == _s.main:
             return False
-        try:
-            return bool(_current().daemon)
-        except Exception:
-            return False
+        thread = _active.get(ident)
+        # Threads threading does not know (_thread, native) are left behind like daemons.
+        return thread is None or bool(getattr(thread, "daemon", True))
 
-    def after_wait(
+    def starve_delay(
         _s: WaitState = state,
         _ident: Any = get_ident,
-        _sleep: Any = real_sleep,
         _exp: Any = math.exp,
         _log: Any = math.log,
-    ) -> None:
+        _min: Any = min,
+    ) -> float:
+        """Seconds this thread is to be held back now (0 when it is not a victim)."""
         if not _s.starving or _s.budget <= 0:
-            return
+            return 0.0
         ident = _ident()
         victim = _s.victims.get(ident)
         if victim is None:
             victim = _s.victims[ident] = _s.rng.random() < _s.share
-        if victim:
-            delay = min(_exp(_s.rng.uniform(_log(_s.low), _log(_s.high))), _s.budget)
-            _s.budget -= delay
-            _sleep(delay)
+        if not victim:
+            return 0.0
+        delay: float = _min(_exp(_s.rng.uniform(_log(_s.low), _log(_s.high))), _s.budget)
+        _s.budget -= delay
+        return delay
 
-    def timed(value: Any) -> bool:
-        return (
-            type(value) in (int, float) and 0 < value < timeout_max and value == value  # not NaN
-        )
+    def timed(value: Any, _type: Any = type, _numbers: Any = (int, float)) -> bool:
+        return _type(value) in _numbers and 0 < value < timeout_max and value == value
 
-    def sliced(call: Callable[[float], Any], timeout: float, done: Callable[[Any], bool]) -> Any:
-        """``call`` with at most SLICE seconds at a time until ``done``, the timeout, or
-        a warp; returns the last result."""
+    def acquire(lock: Any, timeout: float) -> bool:
+        """``lock.acquire(True, timeout)`` that a warp ends early (returning False)."""
         if state.warped:
-            result = call(min(timeout, WARPED_WAIT))
-            after_wait()
-            return result
+            return bool(lock.acquire(False))
         generation = state.generation
         end = monotonic() + timeout
         while True:
             remaining = end - monotonic()
-            result = call(max(0.0, min(remaining, SLICE)))
-            if done(result) or remaining <= SLICE or state.generation != generation:
-                break
-        after_wait()
+            if lock.acquire(True, max(0.0, min(remaining, SLICE))):
+                return True
+            if remaining <= SLICE or state.generation != generation:
+                return False
+
+    def sliced(call: Callable[[float], Any], timeout: float, done: Callable[[Any], bool]) -> Any:
+        """For waits that can be repeated without losing anything (join, select):
+        ``call`` with at most SLICE seconds at a time until ``done``, the timeout or a
+        warp; returns the last result."""
+        if state.warped:
+            result = call(WARPED_WAIT)
+        else:
+            generation = state.generation
+            end = monotonic() + timeout
+            while True:
+                remaining = end - monotonic()
+                result = call(max(0.0, min(remaining, SLICE)))
+                if done(result) or remaining <= SLICE or state.generation != generation:
+                    break
+        delay = starve_delay()
+        if delay:
+            real_sleep(delay)
         return result
 
     def sleep(secs: Any, _real: Any = real_sleep, _s: WaitState = state) -> None:
         if not timed(secs) or not affected():
             return _real(secs)  # type: ignore[no-any-return]
-        if _s.warped:
-            _real(min(secs, WARPED_WAIT))
-        elif _s.gate.acquire(True, secs):
+        if not _s.warped and _s.gate.acquire(True, secs):
             _s.gate.release()  # warped: pass the gate on to the next sleeper
-        after_wait()
+        delay = starve_delay()
+        if delay:
+            _real(delay)
         return None
 
     time.sleep = sleep
@@ -261,7 +307,30 @@ def install_waits(state: WaitState) -> None:
     def wait(self: Any, timeout: Any = None, _orig: Any = cond_wait) -> Any:
         if not timed(timeout) or not affected():
             return _orig(self, timeout)
-        return sliced(lambda t: _orig(self, t), timeout, bool)
+        # threading.Condition.wait (3.8 to 3.13), with the waiter's acquire sliced.
+        if not self._is_owned():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        waiter = allocate_lock()
+        waiter.acquire()
+        self._waiters.append(waiter)
+        saved_state = self._release_save()
+        gotit = False
+        try:
+            gotit = acquire(waiter, timeout)
+            delay = starve_delay()
+            if delay:  # the program's lock is released here: only this thread waits
+                if gotit:
+                    real_sleep(delay)
+                else:
+                    gotit = bool(waiter.acquire(True, delay))
+            return gotit
+        finally:
+            self._acquire_restore(saved_state)
+            if not gotit:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass
 
     threading.Condition.wait = wait  # type: ignore[method-assign]
 
@@ -270,18 +339,17 @@ def install_waits(state: WaitState) -> None:
     def get(self: Any, block: bool = True, timeout: Any = None, _orig: Any = queue_get) -> Any:
         if not block or not timed(timeout) or not affected():
             return _orig(self, block, timeout)
-        box: List[Any] = []
-
-        def attempt(t: float) -> bool:
-            try:
-                box.append(_orig(self, True, t) if t > 0 else _orig(self, False))
-                return True
-            except queue.Empty:
-                return False
-
-        if not sliced(attempt, timeout, bool):
-            raise queue.Empty
-        return box[-1]
+        # queue.Queue.get with a timeout (3.8 to 3.13); a warp counts as the timeout.
+        with self.not_empty:
+            endtime = monotonic() + timeout
+            while not self._qsize():
+                remaining = endtime - monotonic()
+                if remaining <= 0.0 or state.warped:
+                    raise queue.Empty
+                self.not_empty.wait(remaining)
+            item = self._get()
+            self.not_full.notify()
+            return item
 
     queue.Queue.get = get  # type: ignore[method-assign]
 
@@ -295,7 +363,8 @@ def install_waits(state: WaitState) -> None:
 
     threading.Thread.join = join  # type: ignore[method-assign]
 
-    for name in ("SelectSelector", "PollSelector", "EpollSelector", "DevpollSelector"):
+    # PollSelector and DevpollSelector inherit select() from _PollLikeSelector.
+    for name in ("SelectSelector", "_PollLikeSelector", "EpollSelector", "KqueueSelector"):
         cls = getattr(selectors, name, None)
         original = vars(cls).get("select") if cls is not None else None
         if original is None:
@@ -326,13 +395,16 @@ class Engine:
         self.spinners = 0
         self.keep: List[Any] = []  # ctypes callbacks must outlive their native threads
         self.threading_actions_separate = False
+        #: What the engine could not do as planned, for the report.
+        self.notes: List[str] = []
         #: Late phases left unmarked ("quiet" action): no Python code runs there.
         self.quiet: Sequence[str] = ()
 
     def install(self) -> None:
         """At child start, before anything registers an atexit callback."""
         kinds = {do for _, do, _ in self.plan}
-        wake: Optional[Act] = make_waker() if "wake" in kinds else None
+        # The parent's storm needs the handler too: an ignored signal interrupts nothing.
+        wake: Optional[Act] = make_waker() if kinds & {"wake", "storm"} else None
         waits: Optional[WaitState] = None
         if kinds & {"warp", "starve"}:
             waits = WaitState(self.seed)
@@ -343,6 +415,12 @@ class Engine:
             if do == "hold" and phase == "atexit_done":
                 # Registered before every other callback, so atexit (LIFO) calls it last:
                 # no bytecode runs between it and the runtime being marked finalizing.
+                earlier = getattr(atexit, "_ncallbacks", lambda: 0)()
+                if earlier:
+                    self.notes.append(
+                        f"{earlier} atexit callback(s) registered before the test started "
+                        "(sitecustomize, .pth files) run after the hold at atexit_done"
+                    )
                 atexit.register(sum, range(int(seconds * hold_rate)))
                 continue
             if do == "c_delay":
@@ -415,9 +493,11 @@ class Engine:
                 _n: int = count,
                 _start: Any = _thread.start_new_thread,
                 _c: List[int] = self.spin_counter,
+                _range: Any = range,
+                _spin: Any = _spin_forever,
             ) -> None:
-                for _ in range(_n):
-                    _start(_spin_forever, (_c,))
+                for _ in _range(_n):
+                    _start(_spin, (_c,))
 
             return start
         if do == "late_threads":
@@ -425,19 +505,19 @@ class Engine:
         return None  # "storm" is the parent's; anything else is unknown here
 
     def _late_threads(self) -> Act:
-        fd, pid = self.fd, os.getpid()
+        fd = self.fd
 
         def probe(
             kind: bytes,
             _write: Any = os.write,
             _fd: int = fd,
-            _pid: int = pid,
+            _getpid: Any = os.getpid,
             _fin: Any = sys.is_finalizing,
         ) -> None:
             if _fin():
                 _write(
                     _fd,
-                    b'{"event": "late_thread", "kind": "%s", "pid": %d}\n' % (kind, _pid),
+                    b'{"event": "late_thread", "kind": "%s", "pid": %d}\n' % (kind, _getpid()),
                 )
 
         libc = _libc()
@@ -450,6 +530,8 @@ class Engine:
 
         callback = callback_type(native_entry)
         keep.append(callback)
+        # Never freed: a native thread may call it after the interpreter dropped our hooks.
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(callback))
 
         def start(
             _start: Any = _thread.start_new_thread,
@@ -459,10 +541,11 @@ class Engine:
             _tid: Any = ctypes.c_ulong,
             _byref: Any = ctypes.byref,
             _keep: List[Any] = keep,
+            _exc: Any = Exception,
         ) -> None:
             try:
                 _start(_probe, (b"python",))
-            except Exception:
+            except _exc:
                 pass  # 3.12+ refuse new threads while finalizing: that is the fix working
             if _create is not None:
                 tid = _tid()
@@ -481,7 +564,7 @@ class Engine:
         counter = self.spin_counter
         watch_spinners = self.spinners > 0
         seen: List[int] = []
-        fd, pid = self.fd, os.getpid()
+        fd = self.fd
 
         def enter(
             phase: str,
@@ -494,25 +577,28 @@ class Engine:
             _fin: Any = sys.is_finalizing,
             _write: Any = os.write,
             _fd: int = fd,
-            _pid: int = pid,
+            _getpid: Any = os.getpid,
+            _exc: Any = Exception,
+            _len: Any = len,
         ) -> None:
+            # Builtins are None by interpreter clear: everything used here is bound.
             if _mark is not None:
                 _mark(phase)
             for action in _table.get(phase, ()) if act else ():
                 try:
                     action()
-                except Exception:
+                except _exc:
                     pass  # the engine must never be the reason a shutdown fails
             if _watch and _fin():
                 # Our spinners may not advance once the runtime is finalizing.
                 if not _seen:
                     _seen.append(_counter[0])
-                elif len(_seen) == 1 and _counter[0] != _seen[0]:
+                elif _len(_seen) == 1 and _counter[0] != _seen[0]:
                     _seen.append(_counter[0])
                     _write(
                         _fd,
                         b'{"event": "late_thread", "kind": "spinner", "pid": %d, '
-                        b'"phase": "%s"}\n' % (_pid, phase.encode("ascii")),
+                        b'"phase": "%s"}\n' % (_getpid(), phase.encode("ascii")),
                     )
 
         register: Any = getattr(threading, "_register_atexit", None)

@@ -46,6 +46,8 @@ def format_verdict(
         lines.append(f"  policy: {policy} (run seed {evidence.seed})")
         if evidence.plan:
             lines.append("  perturbation: " + "; ".join(str(a) for a in evidence.plan))
+        for note in evidence.events("note"):
+            lines.append(f"  note: {note.get('text')}")
         if passed:
             lines.append("  runs of this test:")
             lines.extend(f"    {text}" for text in passed)

@@ -338,7 +338,7 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
         "run_timeout": request.run_timeout,
         "plugins": list(request.plugins),
         "parent_pid": os.getpid(),
-        "plan": [a.to_json() for a in request.plan if a.do != "storm"],
+        "plan": [a.to_json() for a in request.plan],
         "seed": request.seed,
     }
     storms = {a.phase: a for a in request.plan if a.do == "storm"}

@@ -130,3 +130,63 @@ def test_quiet_leaves_the_early_finalization_markers_out(tmp_path):
     evidence = _run(tmp_path, "pass\n", [action("atexit_done", "quiet")])
     names = [m.name for m in evidence.phases]
     assert names[-2:] == ["atexit_done", "interpreter_clear"]
+
+
+def test_wrapped_waits_lose_no_notification(tmp_path):
+    # The main thread holds the condition's lock across the waiter's slice boundary and
+    # then notifies: the daemon's wait must see it (and an Event its set()).
+    source = """
+    import threading, time
+
+    cond = threading.Condition()
+    result = {}
+
+    def waiter():
+        with cond:
+            result["cond"] = cond.wait(5.0)
+
+    t = threading.Thread(target=waiter, daemon=True)
+    t.start()
+    time.sleep(0.02)
+    with cond:
+        time.sleep(0.1)
+        cond.notify()
+    t.join()
+
+    missed = 0
+    for i in range(20):
+        event = threading.Event()
+        seen = []
+        w = threading.Thread(target=lambda: seen.append(event.wait(5.0)), daemon=True)
+        w.start()
+        end = time.monotonic() + 0.045 + (i % 10) * 0.001
+        while time.monotonic() < end:
+            pass
+        event.set()
+        w.join()
+        missed += not seen[0]
+    print(f"cond={result['cond']} missed={missed}")
+    """
+    evidence = _run(
+        tmp_path, source, [action("test_done", "starve", share=0.0, low=0.001, high=0.002, cap=0)]
+    )
+    assert "cond=True missed=0" in evidence.stdout_test.text, evidence.stdout_test.text
+
+
+def test_a_forked_process_that_finalizes_does_not_end_the_run(tmp_path):
+    # Its phase markers must not be taken for the child's own.
+    source = """
+    import os, time
+
+    if os.fork() == 0:
+        pass  # the forked copy ends normally: atexit, finalization, phase markers
+    else:
+        time.sleep(1.0)
+        os.wait()
+    """
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(source))
+    evidence = runner.run(runner.RunRequest.script(str(script), timeout=0.3, native_stacks="off"))
+    assert evidence.stopped is None
+    assert evidence.returncode == 0
+    assert judge.judge(evidence, Settings(timeout=0.3)).ok

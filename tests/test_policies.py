@@ -58,8 +58,12 @@ def test_bad_actions_say_what_was_expected():
         action("shutdown", "sleep", seconds=1)
     with pytest.raises(PolicyError, match="action 'sleep' takes seconds, not 'count'"):
         action("atexit", "sleep", count=1)
-    with pytest.raises(PolicyError, match="seconds=-1 must be a number >= 0"):
+    with pytest.raises(PolicyError, match="seconds=-1 must be a finite number >= 0"):
         action("atexit", "sleep", seconds=-1)
+    with pytest.raises(PolicyError, match="seconds=inf must be a finite number >= 0"):
+        action("atexit", "spin", seconds=float("inf"))
+    with pytest.raises(PolicyError, match="late_threads cannot act at interpreter_clear"):
+        action("interpreter_clear", "late_threads")
     with pytest.raises(PolicyError, match="only c_delay can act at after_finalize"):
         action("after_finalize", "sleep", seconds=1)
 
@@ -301,7 +305,7 @@ def test_the_printed_replay_command_fails_the_same_way(run, pytester):
     assert replay.returncode == 1, again
     assert seed_line in again
     assert "SHUTDOWN_EXCEPTION" in again
-    assert "ValueError: I/O operation on closed file." in again
+    assert re.search(r"ValueError: .*closed file", again)
 
 
 def test_interpreter_bug_can_be_reported_as_xfail(run, pytester):
