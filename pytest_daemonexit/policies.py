@@ -50,7 +50,12 @@ ACTIONS: Dict[str, Tuple[Tuple[str, ...], str]] = {
         "is the very last atexit callback",
     ),
     "wake": ((), "interrupt every other thread's blocking system call with a no-op signal"),
-    "warp": ((), "timed waits of daemon threads return now, as if their timeout had elapsed"),
+    "warp": (
+        (),
+        "timed waits of daemon threads return now, as if their timeout had elapsed, and "
+        "from then on at once without releasing the GIL (periodic workers become tight "
+        "loops until the runtime stops them)",
+    ),
     "starve": (
         ("share", "low", "high", "cap"),
         "delay a share of the daemon threads after each timed wait, log-uniformly between "
