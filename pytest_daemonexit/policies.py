@@ -343,9 +343,13 @@ def _restore_after_free(rng: random.Random, version: Version) -> Sequence[Action
 def _gil_handoff(rng: random.Random, version: Version) -> Sequence[Action]:
     # Daemon threads queue for the GIL while the main thread releases it inside
     # finalization (flush, GC, module teardown): none may run bytecode after the flag.
+    # The GIL pressure starts after the last atexit callback: earlier it would slow down
+    # the program's own exit work (every GIL release costing a switch interval) and turn
+    # a correct but busy exit into a false hang.
+    start = _spinner_phase(version, "atexit_done")
     return (
-        action("test_done", "switch", seconds=round(log_uniform(rng, 1e-5, 1e-3), 6)),
-        action("test_done", "spinners", count=rng.randint(2, 4)),
+        action(start, "switch", seconds=round(log_uniform(rng, 1e-5, 1e-3), 6)),
+        action(start, "spinners", count=rng.randint(2, 4)),
         action("atexit_done", "warp"),
         action("atexit_done", "wake"),
         action("atexit_done", "spin", seconds=round(rng.uniform(0.002, 0.01), 4)),
@@ -358,9 +362,11 @@ def _gil_handoff(rng: random.Random, version: Version) -> Sequence[Action]:
 def _woken_while_waiting(rng: random.Random, version: Version) -> Sequence[Action]:
     # E13/E14: threads queued for the GIL, C code holding it at the very end of atexit
     # while signals arrive, then Python code late in finalization (gh-96387 on 3.9).
+    # As in gil-handoff, the pressure only starts once the program's atexit work is done.
+    start = _spinner_phase(version, "atexit_done")
     return (
-        action("test_done", "switch", seconds=0.001),
-        action("test_done", "spinners", count=rng.randint(2, 4)),
+        action(start, "switch", seconds=0.001),
+        action(start, "spinners", count=rng.randint(2, 4)),
         action("atexit_done", "wake"),
         action("atexit_done", "storm", seconds=0.1, interval=0.002),
         action("atexit_done", "hold", seconds=round(rng.uniform(0.03, 0.08), 4)),

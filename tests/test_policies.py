@@ -112,7 +112,7 @@ def test_list_policies_describes_every_policy(run):
         [
             "woken-while-waiting: *",
             "    models: fix 4, bpo-39984 and bpo-40010*",
-            "    phases: test_done, atexit_done, interpreter_clear",
+            "    phases: atexit_done, interpreter_clear",
             "    CPython: all versions",
             "    interpreter bug gh-96387 on 3.9.x: fixed in 3.11.0*",
         ]
