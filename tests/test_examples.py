@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 #: Buggy example -> the verdict classes its failure starts with (see examples/README.md).
@@ -60,3 +62,13 @@ def test_one_default_run_fails_every_bug_and_passes_every_fix():
 def test_examples_pass_in_process():
     out = run_examples("-p", "no:daemonexit", "-q")
     assert f"{2 * len(EXPECTED)} passed" in out, out
+
+
+@pytest.mark.acceptance
+def test_every_fixed_twin_passes_under_every_policy():
+    twins = sorted(p.name for p in EXAMPLES.glob("test_*_fixed.py"))
+    out = run_examples(
+        "-p", "daemonexit", "--daemonexit-native-stacks=off", "--daemonexit-policy=all", *twins
+    )
+    assert f"{len(twins)} passed" in out, out
+    assert f"{len(twins)} marked tests, {len(twins) * 6} child runs, 0 failed" in out, out
