@@ -66,7 +66,11 @@ def _die_with_parent(parent: int) -> None:
         import ctypes
         import signal
 
-        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        libc = ctypes.CDLL(None)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        # PR_SET_CHILD_SUBREAPER: orphans of the test's processes (double fork, setsid)
+        # become our children, so they can be found and stopped.
+        libc.prctl(36, 1)
     except (OSError, AttributeError):
         return
     if parent and os.getppid() != parent:  # it died before the prctl
@@ -84,6 +88,7 @@ def run(spec: Dict[str, Any]) -> None:
     fd = int(spec["channel_fd"])
     os.set_inheritable(fd, False)  # grandchildren must not hold the parent's pipe open
     mark: Any = injection.make_marker(fd)
+    injection._REAPER.append(injection.make_reaper(fd))
     threading_actions = True
     quiet: Sequence[str] = ()
     notes: List[str] = []

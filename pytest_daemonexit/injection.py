@@ -148,13 +148,89 @@ def install_late_markers(mark: Mark, skip: Sequence[str] = ()) -> None:
         del module
 
     if hasattr(sys, "addaudithook"):
+        reap = _REAPER[0] if _REAPER else None
 
-        def on_audit(event: str, args: Any, _done: Any = []) -> None:  # noqa: B006
+        def on_audit(
+            event: str,
+            args: Any,
+            _done: Any = [],  # noqa: B006
+            _reap: Optional[Callable[[], None]] = reap,
+        ) -> None:
             if event == "cpython.PyInterpreterState_Clear" and not _done:
                 _done.append(True)
                 mark("interpreter_clear")
+                if _reap is not None:
+                    _reap()
 
         sys.addaudithook(on_audit)
+
+
+#: The child's reaper (make_reaper), used by the interpreter-clear hook.
+_REAPER: List[Callable[[], None]] = []
+
+
+def make_reaper(fd: int) -> Callable[[], None]:
+    """A function that SIGKILLs every process descended from this one and reports their
+    pids on the channel.  Called at interpreter clear, the last point Python code runs: by
+    then nothing the test started may outlive the run.  The child is a subreaper (see
+    child.py), so double-forked orphans are its children too.  Integers and bytes only:
+    builtins are gone by then."""
+
+    def reap(
+        _listdir: Any = os.listdir,
+        _open: Any = os.open,
+        _read: Any = os.read,
+        _close: Any = os.close,
+        _kill: Any = os.kill,
+        _write: Any = os.write,
+        _getpid: Any = os.getpid,
+        _int: Any = int,
+        _len: Any = len,
+        _rdonly: int = os.O_RDONLY,
+        _sigkill: int = int(getattr(signal, "SIGKILL", 9)),
+        _fd: int = fd,
+        _exc: Any = Exception,
+    ) -> None:
+        try:
+            entries = _listdir("/proc")
+        except _exc:
+            return
+        children: Any = {}
+        for entry in entries:
+            if not entry.isdigit():
+                continue
+            try:
+                handle = _open("/proc/" + entry + "/stat", _rdonly)
+                try:
+                    stat = _read(handle, 4096)
+                finally:
+                    _close(handle)
+                fields = stat[stat.rfind(b")") + 2 :].split()
+                children.setdefault(_int(fields[1]), []).append(_int(entry))
+            except _exc:
+                continue
+        me = _getpid()
+        found = []
+        stack = [me]
+        while stack:
+            for child in children.get(stack.pop(), ()):
+                if child != me and child not in found:
+                    found.append(child)
+                    stack.append(child)
+        if not found:
+            return
+        for pid in found:
+            try:
+                _kill(pid, _sigkill)
+            except _exc:
+                pass
+        line = b'{"event": "reaped", "pid": %d, "count": %d}\n' % (me, _len(found))
+        try:
+            _write(_fd, line)
+        except _exc:
+            pass
+
+    return reap
 
 
 def install_early(mark: Mark, skip: Sequence[str] = ()) -> None:

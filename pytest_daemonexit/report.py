@@ -55,6 +55,11 @@ def format_verdict(
     if evidence.stopped:
         status += " (stopped by pytest-daemonexit)"
     lines.append(f"  exit: {status}")
+    for record in evidence.events("reaped"):
+        lines.append(
+            f"  note: {record.get('count')} process(es) the test started were still running "
+            "at interpreter clear and were killed"
+        )
     if evidence.exit_seconds is not None:
         lines.append(f"  time from the end of the test to exit: {evidence.exit_seconds:.3f} s")
     if evidence.version:
