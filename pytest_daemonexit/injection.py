@@ -20,10 +20,11 @@ import time
 import types
 from typing import IO, Any, Callable, List, Optional, Sequence
 
-#: Signal the parent sends to make faulthandler dump every thread's stack.
-DUMP_SIGNAL: int = (
-    signal.SIGRTMIN + 5 if hasattr(signal, "SIGRTMIN") else getattr(signal, "SIGUSR2", 0)
-)
+#: Signal the parent sends to make faulthandler dump every thread's stack.  SIGWINCH: its
+#: default action is to be ignored, so once faulthandler is finalized (late in shutdown)
+#: the signal does nothing instead of killing the child before its native stacks are
+#: taken; the child has no terminal, so it never gets one otherwise.
+DUMP_SIGNAL: int = int(getattr(signal, "SIGWINCH", 0)) or int(getattr(signal, "SIGUSR2", 0))
 
 Mark = Callable[[str], None]
 

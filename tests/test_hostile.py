@@ -87,3 +87,159 @@ def test_no_process_the_test_started_survives(run, pytester, test):
         result.stdout.fnmatch_lines(["*HANG*run_timeout=2 s*"])
     else:
         result.assert_outcomes(passed=1)
+
+
+ABRUPT = """
+    import os, signal, sys, pytest
+
+    @pytest.mark.daemon_exit
+    def test_os_exit():
+        os._exit(3)
+
+    @pytest.mark.daemon_exit
+    def test_sys_exit():
+        sys.exit(2)
+
+    @pytest.mark.daemon_exit
+    def test_abort():
+        os.abort()
+
+    @pytest.mark.daemon_exit
+    def test_sigkill():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    @pytest.fixture
+    def forked():
+        pid = os.fork()
+        yield pid
+
+    @pytest.mark.daemon_exit
+    def test_fork_in_a_fixture(forked):
+        # Both processes go on running the test and pytest; only the child's own reports
+        # and markers count.
+        pass
+
+    @pytest.mark.daemon_exit
+    def test_after_them_all():
+        pass
+"""
+
+
+def test_abrupt_ends_get_clear_verdicts_and_lose_no_other_result(run):
+    run.write(ABRUPT)
+    result = run("-rA")
+    result.assert_outcomes(passed=2, failed=4)
+    out = result.stdout.str()
+    assert "PASSED test_it.py::test_after_them_all" in out
+    assert "PASSED test_it.py::test_fork_in_a_fixture" in out
+    result.stdout.fnmatch_lines(
+        [
+            "FAILED test_it.py::test_os_exit - *",
+            "FAILED test_it.py::test_sys_exit - SystemExit: 2",
+            "FAILED test_it.py::test_abort - *",
+            "FAILED test_it.py::test_sigkill - *",
+        ],
+        consecutive=False,
+    )
+    assert "the child ended with exit status 3" in out
+    assert "killed by SIGABRT (signal 6)" in out
+    assert "killed by SIGKILL (signal 9)" in out
+
+
+FLOOD = """
+    import os, sys, pytest
+
+    CHUNK = b"x" * (1 << 20)
+
+    @pytest.mark.daemon_exit(exit_code=7)
+    def test_floods(capfd):
+        import atexit
+        def flood():
+            for _ in range({mb}):
+                os.write(1, CHUNK)
+                os.write(2, CHUNK[:1024])
+            os._exit(9)  # a bad exit, so that the report shows what was kept
+        atexit.register(flood)
+"""
+
+
+def test_a_flood_of_output_keeps_the_parent_small(run):
+    import resource
+
+    run.write(FLOOD.format(mb=200))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*the child ended with exit status 9, expected exit status 7*"])
+    # 200 MB went to stdout and 200 KB to stderr; the parent keeps head and tail only.
+    assert "bytes left out by pytest-daemonexit" in result.stdout.str()
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kib < 150 * 1024 or peak_kib == before, f"a process peaked at {peak_kib} KiB"
+
+
+def test_ctrl_c_stops_the_children_and_pytest_reports_the_interrupt(pytester, monkeypatch):
+    import signal
+    import subprocess
+    import textwrap
+
+    pidfile = pytester.path / "child.pid"
+    pytester.makepyfile(
+        test_it=textwrap.dedent(
+            f"""
+            import os, time, pytest
+
+            @pytest.mark.daemon_exit
+            def test_slow():
+                with open({str(pidfile)!r}, "w") as f:
+                    f.write(str(os.getpid()))
+                time.sleep(600)
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "daemonexit", "--daemonexit-native-stacks=off"],
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        end = time.monotonic() + 60
+        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < end:
+            time.sleep(0.05)
+        child = int(pidfile.read_text())
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.decode("utf-8", "replace")
+    assert "KeyboardInterrupt" in text, text
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, text
+    assert _gone(child), f"the child {child} survived Ctrl-C"
+
+
+def test_a_hang_after_faulthandler_is_gone_is_still_a_hang(run):
+    run.write(
+        """
+        import sys, time, pytest
+
+        @pytest.mark.daemon_exit(timeout=1)
+        def test_x():
+            def hook(event, args, _sleep=time.sleep):
+                if event == "cpython.PyInterpreterState_Clear":
+                    _sleep(600)
+            sys.addaudithook(hook)
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    # The program's own hook runs before the plugin's interpreter_clear marker, so the
+    # last phase reported is module_teardown; the dump signal must not kill the child.
+    result.stdout.fnmatch_lines(
+        [
+            "*daemon exit: HANG in phase module_teardown*",
+            "*exit: killed by SIGKILL (signal 9) (stopped by pytest-daemonexit)",
+            "*stacks: faulthandler produced no dump*",
+        ]
+    )
