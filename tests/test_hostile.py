@@ -196,11 +196,16 @@ def test_ctrl_c_stops_the_children_and_pytest_reports_the_interrupt(pytester, mo
             """
         )
     )
+    def default_sigint() -> None:
+        # xdist workers ignore SIGINT, and an ignored signal stays ignored across exec.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "daemonexit", "--daemonexit-native-stacks=off"],
         cwd=pytester.path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=default_sigint,
     )
     try:
         end = time.monotonic() + 60
