@@ -10,7 +10,18 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Generator, List, Optional, Sequence, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Dict,
+    Generator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 import pytest
 
@@ -38,13 +49,13 @@ POLICIES_KEY = pytest.StashKey[Dict[str, "Policy"]]()
 SEED_KEY = pytest.StashKey[int]()
 SEED_CACHE_KEY = "daemonexit/seed"
 #: Options the replay command sets itself.
-_REPLAY_SET = (
-    "--daemonexit-seed",
-    "--daemonexit-policy",
-    "--daemonexit-rounds",
-    "--daemonexit-first-round",
-    "--daemonexit-until-fail",
-)
+_REPLAY_SET = {
+    "--daemonexit-seed": True,
+    "--daemonexit-policy": True,
+    "--daemonexit-rounds": True,
+    "--daemonexit-first-round": True,
+    "--daemonexit-until-fail": True,
+}
 
 #: Options that would make the child overwrite the parent's reports, start workers, wait
 #: for a debugger or select other tests; (option, takes a value).
@@ -313,26 +324,13 @@ def _signatures(config: pytest.Config) -> Tuple[Signature, ...]:
 def _passthrough_args(config: pytest.Config) -> List[str]:
     """The parent's command line without test selection by path and without options that
     must not act in the child."""
-    args = list(config.invocation_params.args)
-    positional = set()
+    positional: Set[str] = set()
     if config.args_source == pytest.Config.ArgsSource.ARGS:
         positional = set(config.args)
-    out: List[str] = []
-    skip_next = False
-    for arg in args:
-        if skip_next:
-            skip_next = False
-            continue
-        if arg in positional:
-            continue
-        name = arg.split("=", 1)[0]
-        if name in _CHILD_STRIPPED:
-            skip_next = _CHILD_STRIPPED[name] and "=" not in arg
-            continue
-        if arg.startswith("-n") and not arg.startswith("--"):  # -n2, -nauto
-            continue
-        out.append(arg)
-    return out
+    args = [a for a in config.invocation_params.args if a not in positional]
+    # -n2, -nauto: xdist's short option glued to its value.
+    args = [a for a in args if not (a.startswith("-n") and not a.startswith("--") and a != "-n")]
+    return _without_options(args, _CHILD_STRIPPED)
 
 
 def _node_arg(item: pytest.Item) -> str:
@@ -372,7 +370,8 @@ def reproduce_command(
     return f"cd {shlex.quote(str(config.invocation_params.dir))} && {shlex.join(argv)}"
 
 
-def _without_options(args: Sequence[str], names: Sequence[str]) -> List[str]:
+def _without_options(args: Sequence[str], options: Mapping[str, bool]) -> List[str]:
+    """``args`` without the ``options`` (name -> whether it takes a separate value)."""
     out: List[str] = []
     skip_next = False
     for arg in args:
@@ -380,8 +379,8 @@ def _without_options(args: Sequence[str], names: Sequence[str]) -> List[str]:
             skip_next = False
             continue
         name = arg.split("=", 1)[0]
-        if name in names:
-            skip_next = "=" not in arg
+        if name in options:
+            skip_next = options[name] and "=" not in arg
             continue
         out.append(arg)
     return out
