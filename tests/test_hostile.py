@@ -196,6 +196,7 @@ def test_ctrl_c_stops_the_children_and_pytest_reports_the_interrupt(pytester, mo
             """
         )
     )
+
     def default_sigint() -> None:
         # xdist workers ignore SIGINT, and an ignored signal stays ignored across exec.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -246,5 +247,29 @@ def test_a_hang_after_faulthandler_is_gone_is_still_a_hang(run):
             "*daemon exit: HANG in phase module_teardown*",
             "*exit: killed by SIGKILL (signal 9) (stopped by pytest-daemonexit)",
             "*stacks: faulthandler produced no dump*",
+        ]
+    )
+
+
+def test_a_child_that_blocks_every_signal_is_still_stopped(run):
+    run.write(
+        """
+        import signal, time, pytest
+
+        @pytest.mark.daemon_exit(timeout=1)
+        def test_x():
+            import atexit
+            def stubborn():
+                signal.pthread_sigmask(signal.SIG_BLOCK, range(1, signal.NSIG))
+                time.sleep(600)
+            atexit.register(stubborn)
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*daemon exit: HANG in phase atexit*",
+            "*exit: killed by SIGKILL (signal 9) (stopped by pytest-daemonexit)",
         ]
     )
