@@ -88,7 +88,6 @@ def run(spec: Dict[str, Any]) -> None:
     fd = int(spec["channel_fd"])
     os.set_inheritable(fd, False)  # grandchildren must not hold the parent's pipe open
     mark: Any = injection.make_marker(fd)
-    injection._REAPER.append(injection.make_reaper(fd))
     threading_actions = True
     quiet: Sequence[str] = ()
     notes: List[str] = []
@@ -102,7 +101,8 @@ def run(spec: Dict[str, Any]) -> None:
         threading_actions = not engine.threading_actions_separate
         quiet = engine.quiet
         notes = engine.notes
-    injection.install_early(mark, quiet)  # first atexit registration (but the engine's), runs last
+    # First atexit registration (but the engine's), so it runs last.
+    injection.install_early(mark, quiet, injection.make_reaper(fd))
     writer = channel.Writer(fd)
     for note in notes:
         writer.send("note", text=note)

@@ -125,9 +125,12 @@ SENTINEL_MODULE = "_pytest_daemonexit_sentinel"
 EARLY_LATE_MARKERS = ("finalizing", "gc", "module_teardown")
 
 
-def install_late_markers(mark: Mark, skip: Sequence[str] = ()) -> None:
+def install_late_markers(
+    mark: Mark, skip: Sequence[str] = (), reap: Optional[Callable[[], None]] = None
+) -> None:
     """Markers for the phases after atexit; called from the last atexit callback.
-    ``skip``: phases to leave unmarked, so that no Python code runs there."""
+    ``skip``: phases to leave unmarked, so that no Python code runs there; ``reap`` runs
+    right after the interpreter-clear marker (make_reaper)."""
     is_finalizing = sys.is_finalizing
     if sys.stdout is not None and "finalizing" not in skip:
         sys.stdout = _StdoutFlushMarker(sys.stdout, mark, is_finalizing)
@@ -149,7 +152,6 @@ def install_late_markers(mark: Mark, skip: Sequence[str] = ()) -> None:
         del module
 
     if hasattr(sys, "addaudithook"):
-        reap = _REAPER[0] if _REAPER else None
 
         def on_audit(
             event: str,
@@ -164,10 +166,6 @@ def install_late_markers(mark: Mark, skip: Sequence[str] = ()) -> None:
                     _reap()
 
         sys.addaudithook(on_audit)
-
-
-#: The child's reaper (make_reaper), used by the interpreter-clear hook.
-_REAPER: List[Callable[[], None]] = []
 
 
 def make_reaper(fd: int) -> Callable[[], None]:
@@ -234,13 +232,19 @@ def make_reaper(fd: int) -> Callable[[], None]:
     return reap
 
 
-def install_early(mark: Mark, skip: Sequence[str] = ()) -> None:
+def install_early(
+    mark: Mark, skip: Sequence[str] = (), reap: Optional[Callable[[], None]] = None
+) -> None:
     """Register the atexit callback that runs last (atexit is LIFO): call before anything
-    else registers one.  ``skip``: late phases to leave unmarked."""
+    else registers one.  ``skip`` and ``reap``: see install_late_markers."""
 
-    def last_atexit(_mark: Mark = mark, _skip: Sequence[str] = tuple(skip)) -> None:
+    def last_atexit(
+        _mark: Mark = mark,
+        _skip: Sequence[str] = tuple(skip),
+        _reap: Optional[Callable[[], None]] = reap,
+    ) -> None:
         _mark("atexit_done")
-        install_late_markers(_mark, _skip)
+        install_late_markers(_mark, _skip, _reap)
 
     atexit.register(last_atexit)
 
