@@ -62,6 +62,63 @@ def kill_tree(pid: int, group: bool = True) -> None:
             pass
 
 
+#: Environment variable carrying the tokens of the runs a process belongs to.  Everything a
+#: child starts inherits it, whatever session or process group it moves to, and it outlives
+#: the child: when the child dies before its reaper runs (a crash, ``os._exit``), its
+#: orphans are reparented to init and no longer descend from it, but still carry the tag.
+#: A process that replaces its whole environment escapes it; nothing short of cgroups
+#: would catch that.
+RUN_TAG = "PYTEST_DAEMONEXIT_RUN"
+
+
+def tag_environment(env: Dict[str, str]) -> str:
+    """Add a new run token to ``env`` (kept after an outer run's tokens) and return it."""
+    token = os.urandom(16).hex()
+    outer = env.get(RUN_TAG)
+    env[RUN_TAG] = f"{outer},{token}" if outer else token
+    return token
+
+
+def tagged(token: str) -> List[int]:
+    """Live processes whose environment carries ``token`` (Linux /proc; a zombie's
+    environment reads empty, so the dead are not listed)."""
+    needle = token.encode("ascii")
+    found: List[int] = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    me = os.getpid()
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        if needle in environ:
+            found.append(int(entry))
+    return found
+
+
+def kill_tagged(token: str, rounds: int = 5) -> int:
+    """SIGKILL every process tagged with ``token``, again while new ones appear (one may
+    fork while we look); returns how many were signalled."""
+    killed = 0
+    for _ in range(rounds):
+        victims = tagged(token)
+        if not victims:
+            break
+        for victim in victims:
+            try:
+                os.kill(victim, signal.SIGKILL)
+                killed += 1
+            except (ProcessLookupError, PermissionError):
+                pass
+    return killed
+
+
 def signal_threads(pid: int, signum: int) -> int:
     """Send ``signum`` to every thread of process ``pid`` except its main thread (Linux:
     tgkill through /proc/PID/task); returns how many threads were signalled."""

@@ -346,6 +346,7 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
     spec_path.write_text(json.dumps(spec), encoding="utf-8")
     argv = request.argv(str(spec_path))
     env = dict(request.env) if request.env is not None else child_environment()
+    token = processes.tag_environment(env)
     started = time.monotonic()
     try:
         with open(out_path, "wb") as out_f, open(err_path, "wb") as err_f:
@@ -416,8 +417,13 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
     finally:
         watch.close()
         os.close(read_fd)
-        if proc.poll() is None:  # interrupted (KeyboardInterrupt) or an internal error
+        interrupted = proc.poll() is None  # KeyboardInterrupt or an internal error
+        if interrupted:
             processes.kill_tree(proc.pid)
+        # What the child started and could not reap itself: it died before interpreter
+        # clear and its orphans (in a session of their own) were reparented away from it.
+        processes.kill_tagged(token)
+        if interrupted:
             proc.wait(timeout=10)
 
     offsets: Dict[str, int] = {}

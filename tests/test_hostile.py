@@ -273,3 +273,47 @@ def test_a_child_that_blocks_every_signal_is_still_stopped(run):
             "*exit: killed by SIGKILL (signal 9) (stopped by pytest-daemonexit)",
         ]
     )
+
+
+CRASH_WITH_AN_ESCAPED_GRANDCHILD = """
+    import ctypes, os, time, pytest
+
+    PIDFILE = {pidfile!r}
+
+    @pytest.mark.daemon_exit
+    def test_crashes():
+        if os.fork() == 0:
+            # A new session: out of the child's process group, so only the child (a
+            # subreaper) knew it, and the child dies before its reaper runs.
+            os.setsid()
+            with open(PIDFILE, "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(600)
+            os._exit(0)
+        for _ in range(500):
+            if os.path.exists(PIDFILE) and open(PIDFILE).read():
+                break
+            time.sleep(0.01)
+        {crash}
+"""
+
+CRASHES = {
+    "abort": "os.abort()",
+    "segv": "ctypes.string_at(0)",
+    "os_exit": "os._exit(5)",
+}
+
+
+@pytest.mark.parametrize("crash", sorted(CRASHES))
+def test_a_crash_before_interpreter_clear_leaves_no_grandchild(run, pytester, crash):
+    pidfile = pytester.path / "grandchild.pid"
+    run.write(CRASH_WITH_AN_ESCAPED_GRANDCHILD.format(pidfile=str(pidfile), crash=CRASHES[crash]))
+    result = run("-rA")
+    pid = int(pidfile.read_text())
+    try:
+        assert _gone(pid), f"the grandchild {pid} survived the child's crash ({crash})"
+    finally:
+        if _alive(pid):
+            os.kill(pid, 9)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["FAILED test_it.py::test_crashes - *"])
