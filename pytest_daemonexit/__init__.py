@@ -1,4 +1,8 @@
-"""pytest-daemonexit: find the bugs a Python program only shows while it shuts down."""
+"""pytest-daemonexit: find the bugs a Python program only shows while it shuts down.
+
+PYTEST_DONT_REWRITE: the child imports the package before pytest starts, so pytest could
+not rewrite it anyway and would warn (an error under ``-W error``).
+"""
 
 from __future__ import annotations
 

@@ -36,6 +36,7 @@ from pytest_daemonexit.settings import (
 )
 
 if TYPE_CHECKING:
+    from pytest_daemonexit.interpreters import Interpreter
     from pytest_daemonexit.judge import Verdict
     from pytest_daemonexit.policies import Policy
     from pytest_daemonexit.rounds import Tally
@@ -47,6 +48,7 @@ ITEM_KEY = pytest.StashKey[Settings]()
 SIGNATURES_KEY = pytest.StashKey[Tuple["Signature", ...]]()
 POLICIES_KEY = pytest.StashKey[Dict[str, "Policy"]]()
 SEED_KEY = pytest.StashKey[int]()
+INTERPRETERS_KEY = pytest.StashKey[Tuple["Interpreter", ...]]()
 SEED_CACHE_KEY = "daemonexit/seed"
 #: Options the replay command sets itself.
 _REPLAY_SET = {
@@ -55,6 +57,7 @@ _REPLAY_SET = {
     "--daemonexit-rounds": True,
     "--daemonexit-first-round": True,
     "--daemonexit-until-fail": True,
+    "--daemonexit-python": True,
 }
 
 #: Options that would make the child overwrite the parent's reports, start workers, wait
@@ -174,8 +177,9 @@ def policy_registry(config: pytest.Config) -> Dict[str, Policy]:
     return config.stash[POLICIES_KEY]
 
 
-def _policy_source(config: pytest.Config) -> str:
-    spec = next(s for s in OPTIONS if s.name == "policies")
+def _option_source(config: pytest.Config, name: str) -> str:
+    """Where a session setting came from, as a usage error names it."""
+    spec = next(s for s in OPTIONS if s.name == name)
     return spec.option if config.getoption(spec.dest) is not None else f"ini option {spec.ini}"
 
 
@@ -216,8 +220,21 @@ def pytest_configure(config: pytest.Config) -> None:
         policies.select(settings.policies, policy_registry(config))
     except policies.PolicyError as exc:
         shown = ",".join(settings.policies)
-        raise pytest.UsageError(f"{_policy_source(config)}={shown}: {exc}") from None
+        raise pytest.UsageError(f"{_option_source(config, 'policies')}={shown}: {exc}") from None
     config.stash[SEED_KEY] = _session_seed(config, settings)
+    config.stash[INTERPRETERS_KEY] = _interpreters(config, settings)
+    from pytest_daemonexit import cireports
+
+    cireports.configure(config, settings)
+
+
+def _interpreters(config: pytest.Config, settings: Settings) -> Tuple[Interpreter, ...]:
+    from pytest_daemonexit import interpreters, runner
+
+    try:
+        return interpreters.resolve_all(settings.pythons, runner.child_environment())
+    except interpreters.InterpreterError as exc:
+        raise pytest.UsageError(f"{_option_source(config, 'pythons')}={exc}") from None
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -254,17 +271,18 @@ def pytest_report_header(config: pytest.Config) -> Optional[List[str]]:
     if _in_child(config):
         return None
     from pytest_daemonexit import policies
+    from pytest_daemonexit.runner import PINNED_ENVIRONMENT
 
     base = config.stash[SESSION_KEY]
     flags = " ".join(["-X", "faulthandler", *base.python_flags()])
-    from pytest_daemonexit.runner import PINNED_ENVIRONMENT
-
     removed = [name for name in PINNED_ENVIRONMENT if name in os.environ]
     chosen = policies.select(base.policies, policy_registry(config))
+    pythons = ", ".join(f"{i.path} ({i.label})" for i in config.stash[INTERPRETERS_KEY])
     return [
         f"daemonexit: seed={config.stash[SEED_KEY]} "
-        f"policies={','.join(p.name for p in chosen)} {base.describe()}",
-        f"daemonexit child: {sys.executable} {flags}; removed from its environment: "
+        f"policies={','.join(p.name for p in chosen)} rounds={base.rounds} start=spawn "
+        f"{base.describe()}",
+        f"daemonexit child: {pythons} {flags}; removed from its environment: "
         f"{', '.join(removed) or 'nothing'}",
     ]
 
@@ -355,12 +373,16 @@ def reproduce_command(
     seed: Optional[int] = None,
     round_: int = 0,
     rounds: int = 1,
+    python: Optional[str] = None,
 ) -> str:
-    """The command that replays ``item``; with a policy and a session seed, the very run."""
+    """The command that replays ``item``; with a policy and a session seed, the very run
+    (under ``python``, when the session runs children under several interpreters)."""
     config = item.config
     args = _passthrough_args(config)
     if policy is not None:
         args = _without_options(args, _REPLAY_SET)
+        if python is not None:
+            args += [f"--daemonexit-python={python}"]
         args += [f"--daemonexit-policy={policy}"]
         if seed is not None:
             args += [f"--daemonexit-seed={seed}"]
@@ -407,6 +429,13 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: Optional[pytest.Item]) 
     )
     if teardown.excinfo is not None:
         parent_rep = ihook.pytest_runtest_makereport(item=item, call=teardown)
+        last = reports[-1]
+        if hasattr(last, "daemonexit"):  # the summary and reports read the last report
+            parent_rep.daemonexit = last.daemonexit
+            del last.daemonexit
+            parent_rep.user_properties.extend(
+                p for p in last.user_properties if p not in parent_rep.user_properties
+            )
         reports = [r for r in reports if r.when != "teardown" or r.failed] + [parent_rep]
     for report in reports:
         ihook.pytest_runtest_logreport(report=report)
@@ -425,6 +454,7 @@ def _skip(item: pytest.Item, reason: str) -> List[pytest.TestReport]:
 
 @dataclasses.dataclass
 class _Run:
+    interpreter: Interpreter
     policy: Policy
     round: int
     seed: int
@@ -433,7 +463,7 @@ class _Run:
 
 
 def _run_marked(item: pytest.Item) -> Sequence[pytest.TestReport]:
-    from pytest_daemonexit import policies, rounds, testreports
+    from pytest_daemonexit import policies, testreports
 
     config = item.config
     if sys.platform == "win32":
@@ -443,21 +473,52 @@ def _run_marked(item: pytest.Item) -> Sequence[pytest.TestReport]:
         settings = item.stash[ITEM_KEY] if ITEM_KEY in item.stash else item_settings(item)
     except SettingError as exc:
         return [testreports.synthetic(item, "setup", "failed", str(exc))]
-    version = tuple(sys.version_info[:3])
-    chosen = [
-        p
-        for p in policies.select(settings.policies, policy_registry(config))
-        if p.applies_to(version)
-    ]
-    if not chosen:
+    debugger = [o for o in ("usepdb", "trace") if config.getoption(o, False)]
+    if debugger:
+        return _skip(
+            item,
+            f"--{'pdb' if debugger[0] == 'usepdb' else 'trace'} cannot debug a test that runs "
+            "in a child interpreter; run it without -p daemonexit (or with -p no:daemonexit) "
+            "to debug its body",
+        )
+    registry = policy_registry(config)
+    interps = config.stash[INTERPRETERS_KEY]
+    selected = policies.select(settings.policies, registry)
+    plan = [(i, [p for p in selected if p.applies_to(i.version)]) for i in interps]
+    if not any(chosen for _, chosen in plan):
         return _skip(
             item,
             f"none of the policies {', '.join(settings.policies) or 'default'} applies to "
-            f"CPython {'.'.join(map(str, version))}",
+            f"CPython {', '.join(i.label for i in interps)}",
         )
+    runs: List[_Run] = []
+    records: List[Dict[str, Any]] = []
+    tallies: List[Tally] = []
+    for interp, chosen in plan:
+        if chosen:
+            tallies += _run_on(item, settings, interp, chosen, runs, records)
+    failing = next((r for r in runs if not r.verdict.ok), None)
+    reported = failing or runs[0]
+    reports = _reports(item, settings, reported, tallies, len(interps) > 1)
+    _attach(item, reports, reported, tallies, records)
+    return reports
+
+
+def _run_on(
+    item: pytest.Item,
+    settings: Settings,
+    interp: Interpreter,
+    chosen: Sequence[Policy],
+    runs: List[_Run],
+    records: List[Dict[str, Any]],
+) -> List[Tally]:
+    """The test's runs under one interpreter: its policies x rounds (or a hunt)."""
+    from pytest_daemonexit import policies, rounds, runrecords, testreports
+
+    config = item.config
     session_seed = config.stash[SEED_KEY]
-    tallies = {p.name: rounds.Tally(p.name) for p in chosen}
-    first: Optional[_Run] = None
+    label = interp.label if len(config.stash[INTERPRETERS_KEY]) > 1 or not interp.current else ""
+    tallies = {p.name: rounds.Tally(p.name, label) for p in chosen}
     failing: Optional[_Run] = None
     for policy, round_ in rounds.schedule(
         chosen, settings.rounds, settings.until_fail, settings.first_round
@@ -465,26 +526,72 @@ def _run_marked(item: pytest.Item) -> Sequence[pytest.TestReport]:
         if failing is not None and (settings.until_fail or policy is not failing.policy):
             break  # the rounds of the failing policy give its rate; no need for more
         seed = policies.run_seed(session_seed, item.nodeid, policy.name, round_)
-        run = _run_once(item, settings, policy, round_, seed)
+        run = _run_once(item, settings, interp, policy, round_, seed)
+        runs.append(run)
         tallies[policy.name].add(round_, seed, run.verdict)
-        first = first or run
+        outcome = testreports.child_outcome(run.evidence)
+        records.append(
+            runrecords.run_record(
+                nodeid=item.nodeid,
+                evidence=run.evidence,
+                verdict=run.verdict,
+                policy=policy.name,
+                round_=round_,
+                session_seed=session_seed,
+                interpreter=interp.to_json(),
+                test_outcome=outcome,
+                replay=_replay(item, settings, run),
+            )
+        )
         if failing is None and not run.verdict.ok:
             failing = run
-        if failing is None and testreports.child_outcome(run.evidence) in ("failed", "skipped"):
-            # The test itself failed or skipped: other policies would not change that.
-            first = run
-            break
-    assert first is not None
-    ran = [t for t in tallies.values() if t.runs]
-    reports = _reports(item, settings, failing or first, ran)
-    reports[-1].user_properties.append(
-        ("daemonexit", {"seed": session_seed, "tallies": [t.to_json() for t in ran]})
+        if failing is None and outcome in ("failed", "skipped"):
+            break  # the test itself failed or skipped: other policies would not change that
+    return [t for t in tallies.values() if t.runs]
+
+
+def _replay(item: pytest.Item, settings: Settings, run: _Run) -> str:
+    config = item.config
+    several = len(config.stash[INTERPRETERS_KEY]) > 1 or not run.interpreter.current
+    return reproduce_command(
+        item,
+        run.policy.name,
+        config.stash[SEED_KEY],
+        run.round,
+        settings.rounds,
+        run.interpreter.path if several else None,
     )
-    return reports
+
+
+def _attach(
+    item: pytest.Item,
+    reports: Sequence[pytest.TestReport],
+    run: _Run,
+    tallies: Sequence[Tally],
+    records: Sequence[Dict[str, Any]],
+) -> None:
+    """What the summary, the report file and JUnit XML need, on the test's last report
+    (xdist carries both to the controller)."""
+    from pytest_daemonexit import cireports
+
+    data = {
+        "seed": item.config.stash[SEED_KEY],
+        "tallies": [t.to_json() for t in tallies],
+        "runs": list(records),
+        "failed": any(r.failed for r in reports),
+    }
+    report = reports[-1]
+    report.daemonexit = data  # type: ignore[attr-defined]
+    report.user_properties.extend(cireports.junit_properties(run.verdict, run.evidence, records))
 
 
 def _run_once(
-    item: pytest.Item, settings: Settings, policy: Policy, round_: int, seed: int
+    item: pytest.Item,
+    settings: Settings,
+    interp: Interpreter,
+    policy: Policy,
+    round_: int,
+    seed: int,
 ) -> _Run:
     from pytest_daemonexit import checks, runner
     from pytest_daemonexit.judge import judge
@@ -495,12 +602,15 @@ def _run_once(
     if config.pluginmanager.has_plugin("cacheprovider"):
         # The child's cache must not overwrite the parent's (lastfailed, stepwise).
         args += ["-o", f"cache_dir={Path(run_dir, 'cache')}"]
-    if config.pluginmanager.has_plugin("xdist"):
+    if config.pluginmanager.has_plugin("xdist") and (
+        interp.current or interp.has_plugin("xdist")
+    ):
         args.append("-n0")
     args.append(_node_arg(item))
     request = runner.RunRequest(
         mode="pytest",
         args=tuple(args),
+        python=interp.path,
         python_flags=settings.python_flags(),
         cwd=str(config.invocation_params.dir),
         env=runner.child_environment(),
@@ -509,7 +619,7 @@ def _run_once(
         plugins=tuple(n for n in [_plugin_name(config)] if n),
         native_stacks=settings.native_stacks,
         workdir=str(Path(run_dir, "run")),
-        plan=policy.plan(seed, sys.version_info[:3]),
+        plan=policy.plan(seed, interp.version),
         seed=seed,
     )
     evidence = runner.run(request)
@@ -533,30 +643,32 @@ def _run_once(
     )
     if override is not None:
         verdict = override
-    return _Run(policy, round_, seed, evidence, verdict)
+    return _Run(interp, policy, round_, seed, evidence, verdict)
 
 
 def _reports(
-    item: pytest.Item, settings: Settings, run: _Run, tallies: Sequence[Tally]
+    item: pytest.Item, settings: Settings, run: _Run, tallies: Sequence[Tally], matrix: bool
 ) -> List[pytest.TestReport]:
     """The test's reports from one run: the failing one, else the first."""
     from pytest_daemonexit import report, testreports
 
-    config = item.config
     verdict, evidence = run.verdict, run.evidence
     text = None
     summary = ""
     bug = verdict.interpreter_bug
     xfail = bug is not None and settings.interpreter_bugs == "xfail"
     if not verdict.ok:
-        replay = reproduce_command(
-            item, run.policy.name, config.stash[SEED_KEY], run.round, settings.rounds
-        )
         text = report.format_verdict(
-            verdict, evidence, replay, run.policy.name, [t.describe() for t in tallies]
+            verdict,
+            evidence,
+            _replay(item, settings, run),
+            run.policy.name,
+            [t.describe() for t in tallies],
         )
         summary = f"daemon exit: {', '.join(verdict.classes)} in phase {verdict.phase}"
         summary += f" under policy {run.policy.name}"
+        if matrix or not run.interpreter.current:
+            summary += f" on Python {run.interpreter.label}"
         if bug is not None:
             summary += f" (CPython bug {bug.ref})"
     built = testreports.build(item, evidence, None if xfail else text, summary)
@@ -570,30 +682,32 @@ def _reports(
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    """The daemonexit section: per test and policy, runs, failures, rate, first seed."""
+    """The daemonexit section: per test, interpreter and policy, runs, failures, rate,
+    first failing seed; on GitHub Actions, an annotation per failing test."""
     if _in_child(config):
         return
-    from pytest_daemonexit import rounds
+    from pytest_daemonexit import cireports, rounds
 
     rows = []
+    marked = []
     failing = 0
     runs = 0
-    tests = 0
     for reports in terminalreporter.stats.values():
         for rep in reports:
-            data = dict(getattr(rep, "user_properties", ())).get("daemonexit")
+            data = getattr(rep, "daemonexit", None)
             if not isinstance(data, dict):
                 continue
+            marked.append(rep)
             tallies = [rounds.Tally.from_json(t) for t in data.get("tallies", ())]
-            tests += 1
             runs += sum(t.runs for t in tallies)
             failing += sum(t.failures for t in tallies)
             rows.extend(rounds.summary_rows(rep.nodeid, tallies))
-    if not tests:
+    if not marked:
         return
+    tests = len(marked)
     base = config.stash[SESSION_KEY]
     show_all = config.getoption("verbose") > 0 or base.rounds > 1 or base.until_fail > 0
-    shown = rows if show_all else [r for r in rows if r[3] != "0"]
+    shown = rows if show_all else [r for r in rows if r[4] != "0"]
     terminalreporter.write_sep("=", "daemonexit")
     for line in rounds.format_table(shown) if shown else ():
         terminalreporter.write_line(line)
@@ -602,3 +716,5 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         f"{'s' if runs != 1 else ''}, {failing} failed; session seed "
         f"{config.stash[SEED_KEY]}" + ("" if show_all else " (-v shows every test and policy)")
     )
+    for line in cireports.github_annotations(config, marked):
+        terminalreporter.write_line(line)

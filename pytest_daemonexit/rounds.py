@@ -34,9 +34,10 @@ def schedule(
 
 @dataclasses.dataclass
 class Tally:
-    """The runs of one test under one policy."""
+    """The runs of one test under one policy (on one interpreter)."""
 
     policy: str
+    interpreter: str = ""  # the child's Python version, e.g. "3.12.1"
     runs: int = 0
     failures: int = 0
     classes: List[str] = dataclasses.field(default_factory=list)
@@ -62,7 +63,8 @@ class Tally:
         return self.failures / self.runs if self.runs else 0.0
 
     def describe(self) -> str:
-        text = f"{self.policy}: {self.runs} run{'s' if self.runs != 1 else ''}, "
+        where = f" on Python {self.interpreter}" if self.interpreter else ""
+        text = f"{self.policy}{where}: {self.runs} run{'s' if self.runs != 1 else ''}, "
         if not self.failures:
             return text + "no failure"
         text += f"{self.failures} failed ({self.rate:.0%}) {', '.join(self.classes)}"
@@ -94,6 +96,7 @@ def summary_rows(nodeid: str, tallies: Sequence[Tally]) -> List[Tuple[str, ...]]
             (
                 nodeid,
                 tally.policy,
+                tally.interpreter,
                 str(tally.runs),
                 str(tally.failures),
                 f"{tally.rate:.0%}",
@@ -105,11 +108,24 @@ def summary_rows(nodeid: str, tallies: Sequence[Tally]) -> List[Tuple[str, ...]]
     return rows
 
 
-SUMMARY_HEADER = ("test", "policy", "runs", "failed", "rate", "verdicts", "first failing seed")
+SUMMARY_HEADER = (
+    "test",
+    "policy",
+    "python",
+    "runs",
+    "failed",
+    "rate",
+    "verdicts",
+    "first failing seed",
+)
 
 
 def format_table(rows: Sequence[Tuple[str, ...]]) -> List[str]:
-    """Rows as aligned text, with the header."""
-    table = [SUMMARY_HEADER, *rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(SUMMARY_HEADER))]
+    """Rows as aligned text, with the header; a column empty in every row is left out
+    (the python column when children ran under one interpreter)."""
+    keep = [
+        i for i in range(len(SUMMARY_HEADER)) if i < 2 or any(row[i] for row in rows) or not rows
+    ]
+    table = [tuple(row[i] for i in keep) for row in (SUMMARY_HEADER, *rows)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(keep))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]

@@ -218,6 +218,23 @@ def parse_native_stacks(value: object) -> str:
 NATIVE_STACK_TOOLS = ("auto", "gdb", "py-spy", "off")
 
 
+def parse_pythons(value: object) -> Tuple[str, ...]:
+    """Interpreters, comma-separated or as a list; they are probed by the plugin."""
+    names = []
+    for text in _strings(value):
+        for name in text.split(","):
+            name = name.strip()
+            if name and name not in names:
+                names.append(name)
+    return tuple(names)
+
+
+def parse_report_path(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise SettingError("expected a file path for the JSON report")
+    return value.strip()
+
+
 @dataclasses.dataclass(frozen=True)
 class OptionSpec:
     """One setting: its marker keyword, option, ini name, help and parser."""
@@ -390,6 +407,31 @@ OPTIONS: Tuple[OptionSpec, ...] = (
         "TOOL",
         marker=False,
     ),
+    OptionSpec(
+        "pythons",
+        (),
+        parse_pythons,
+        "Interpreters to run each marked test's children under, comma-separated paths "
+        "or commands on PATH (repeatable; ini: one per line); 'current' is the one "
+        "running pytest. Each needs pytest and this plugin installed; verdicts are "
+        "reported per interpreter (default: current).",
+        "PATH[,PATH]",
+        kind="list",
+        marker=False,
+        cli="python",
+        shown_default="current",
+    ),
+    OptionSpec(
+        "report",
+        "",
+        parse_report_path,
+        "Write a JSON report to PATH: one record per child run (test, interpreter, policy, "
+        "seed, verdict, phase, exit status, stacks, replay command); rewritten atomically "
+        "after each marked test, so an interrupted session leaves a valid file.",
+        "PATH",
+        marker=False,
+        shown_default="none",
+    ),
 )
 OPTIONS_BY_NAME: Dict[str, OptionSpec] = {spec.name: spec for spec in OPTIONS}
 MARKER_KEYWORDS: Tuple[str, ...] = tuple(spec.name for spec in OPTIONS if spec.marker)
@@ -415,6 +457,8 @@ class Settings:
     interpreter_bugs: str = "fail"
     list_policies: bool = False
     native_stacks: str = "auto"
+    pythons: Tuple[str, ...] = ()
+    report: str = ""
 
     def python_flags(self) -> Tuple[str, ...]:
         """Interpreter flags of the child, besides ``-X faulthandler``."""

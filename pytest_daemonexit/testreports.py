@@ -113,7 +113,16 @@ def _why_missing(evidence: Evidence) -> str:
         out = evidence.stdout_exit.text or evidence.stdout_test.text
         tail = "\n".join(out.splitlines()[-15:])
         return f"the child collected no test for this node id; its output ended with:\n{tail}"
-    return "the child ended before it reported this phase"
+    # Nothing reported: pytest in the child refused its command line, or the child died.
+    text = "the child ended before it reported this phase"
+    for name, part in (
+        ("stderr", evidence.stderr_test.text + evidence.stderr_exit.text),
+        ("stdout", evidence.stdout_test.text + evidence.stdout_exit.text),
+    ):
+        lines = [line for line in part.splitlines() if line.strip()]
+        if lines:
+            text += f"; its {name} ended with:\n" + "\n".join(lines[-15:])
+    return text
 
 
 def build(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def test_every_outcome_is_reported_as_in_process(run):
     run.write(
@@ -177,9 +179,14 @@ def test_child_environment_is_pinned(run):
 def test_header_shows_settings(run, pytester):
     pytester.makeini("[pytest]\ndaemonexit_timeout = 3\n")
     run.write("def test_x(): pass\n")
-    result = run("--daemonexit-exit-code=0")
+    result = run("--daemonexit-exit-code=0", "--daemonexit-rounds=2")
     result.stdout.fnmatch_lines(
-        ["daemonexit: seed=* policies=baseline timeout=3s exit_code=0 run_timeout=300s *"]
+        [
+            "daemonexit: seed=* policies=baseline rounds=2 start=spawn timeout=3s exit_code=0 "
+            "run_timeout=300s *",
+            f"daemonexit child: {sys.executable} ({'.'.join(map(str, sys.version_info[:3]))}) "
+            "-X faulthandler; *",
+        ]
     )
 
 
