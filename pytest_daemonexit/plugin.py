@@ -58,6 +58,7 @@ _REPLAY_SET = {
     "--daemonexit-first-round": True,
     "--daemonexit-until-fail": True,
     "--daemonexit-python": True,
+    "--daemonexit-report": True,  # a replay must not overwrite the session's report
 }
 
 #: Options that would make the child overwrite the parent's reports, start workers, wait
