@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Any, Dict, List, Optional, Sequence
 
-from pytest_daemonexit import channel, injection
+from pytest_daemonexit import channel, childcoverage, injection
 
 
 class ChildReporter:
@@ -84,6 +84,7 @@ RUNNING = False
 def run(spec: Dict[str, Any]) -> None:
     global RUNNING
     RUNNING = True
+    childcoverage.start_in_child()  # before the test's modules are imported
     _die_with_parent(int(spec.get("parent_pid") or 0))
     fd = int(spec["channel_fd"])
     os.set_inheritable(fd, False)  # grandchildren must not hold the parent's pipe open

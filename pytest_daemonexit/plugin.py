@@ -594,7 +594,7 @@ def _run_once(
     round_: int,
     seed: int,
 ) -> _Run:
-    from pytest_daemonexit import checks, runner
+    from pytest_daemonexit import checks, childcoverage, runner
     from pytest_daemonexit.judge import judge
 
     config = item.config
@@ -607,6 +607,11 @@ def _run_once(
         interp.current or interp.has_plugin("xdist")
     ):
         args.append("-n0")
+    pytest_cov = config.pluginmanager.has_plugin("_cov")
+    if pytest_cov and (interp.current or interp.has_plugin("pytest_cov")):
+        # The child must not run pytest-cov: it would erase the session's data files.
+        # It measures itself instead (childcoverage.py).
+        args.append("--no-cov")
     args.append(_node_arg(item))
     request = runner.RunRequest(
         mode="pytest",
@@ -614,7 +619,7 @@ def _run_once(
         python=interp.path,
         python_flags=settings.python_flags(),
         cwd=str(config.invocation_params.dir),
-        env=runner.child_environment(),
+        env=childcoverage.child_environment(runner.child_environment()),
         timeout=settings.timeout,
         run_timeout=settings.run_timeout,
         plugins=tuple(n for n in [_plugin_name(config)] if n),
@@ -680,6 +685,15 @@ def _reports(
                 r.wasxfail = f"{summary}: {bug.describe()}"
                 r.longrepr = None
     return built
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _in_child(session.config) or "pytest_daemonexit.childcoverage" not in sys.modules:
+        return
+    from pytest_daemonexit import childcoverage
+
+    # Under `coverage run`, the children's measurements join the session's.
+    childcoverage.merge_children(session.config.pluginmanager.has_plugin("_cov"))
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
