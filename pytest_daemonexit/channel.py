@@ -49,7 +49,7 @@ class Reader:
                 continue
             try:
                 record = json.loads(line.decode("ascii", "replace"))
-            except ValueError:
+            except (ValueError, RecursionError):  # nested deeper than the decoder recurses
                 self.corrupt += 1
                 continue
             if isinstance(record, dict) and isinstance(record.get("event"), str):

@@ -171,7 +171,7 @@ def _read_range(path: Path, start: int, end: Optional[int]) -> Output:
         size = path.stat().st_size
     except OSError:
         return Output()
-    end = size if end is None else min(end, size)
+    end = size if end is None else max(0, min(end, size))  # f.read(-n) would raise
     start = max(0, min(start, end))
     length = end - start
     with open(path, "rb") as f:

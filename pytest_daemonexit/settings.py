@@ -29,12 +29,22 @@ class SettingError(ValueError):
     """A bad setting value; the message says what was expected."""
 
 
+def _shown(value: object) -> str:
+    """repr() for a message: bounded, and never raising (repr() of an int past the int/str
+    conversion limit raises ValueError, a user's __repr__ anything)."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 def _seconds(value: object, allow_zero: bool) -> float:
     if isinstance(value, bool):
         raise SettingError("expected a number of seconds, not a boolean")
     try:
         seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SettingError("expected a number of seconds") from None
     if seconds != seconds or seconds in (float("inf"), float("-inf")):
         raise SettingError("expected a finite number of seconds")
@@ -62,7 +72,7 @@ def parse_exit_code(value: object) -> int:
         raise SettingError("expected an integer exit status")
     try:
         code = int(cast(Any, value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SettingError(
             "expected an integer exit status (0..255, or -N for death by signal N)"
         ) from None
@@ -81,7 +91,7 @@ def _strings(value: object) -> Tuple[str, ...]:
     out = []
     for item in items:
         if not isinstance(item, str):
-            raise SettingError(f"expected strings, got {type(item).__name__} {item!r}")
+            raise SettingError(f"expected strings, got {type(item).__name__} {_shown(item)}")
         if item.strip():
             out.append(item)
     return tuple(out)
@@ -92,8 +102,9 @@ def parse_patterns(value: object) -> Tuple[Pattern[str], ...]:
     for text in _strings(value):
         try:
             patterns.append(re.compile(text, re.MULTILINE))
-        except re.error as exc:
-            raise SettingError(f"{text!r} is not a valid regular expression: {exc}") from None
+        except (re.error, OverflowError, RecursionError) as exc:
+            # OverflowError: a repetition count too large; RecursionError: nested too deep.
+            raise SettingError(f"{_shown(text)} is not a valid regular expression: {exc}") from None
     return tuple(patterns)
 
 
@@ -126,7 +137,7 @@ def parse_warnings(value: object) -> Tuple[str, ...]:
             "o",
         ):
             raise SettingError(
-                f"{text!r} is not a -W filter (action:message:category:module:lineno, "
+                f"{_shown(text)} is not a -W filter (action:message:category:module:lineno, "
                 "action one of default, error, ignore, always, module, once)"
             )
     return filters
@@ -179,7 +190,7 @@ def _count(value: object, minimum: int, what: str) -> int:
         raise SettingError(f"expected {what}")
     try:
         number = int(cast(Any, value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SettingError(f"expected {what}") from None
     if number < minimum:
         raise SettingError(f"expected {what}")
@@ -204,7 +215,7 @@ def parse_checks(value: object) -> Tuple[Callable[..., Any], ...]:
         if not callable(item):
             raise SettingError(
                 f"expected a callable (or a list of them) taking the run's ExitResult, got "
-                f"{type(item).__name__} {item!r}"
+                f"{type(item).__name__} {_shown(item)}"
             )
     return tuple(cast(Callable[..., Any], item) for item in items)
 
@@ -496,7 +507,7 @@ def resolve(base: Settings, overrides: Mapping[str, object], where: str) -> Sett
         try:
             values[name] = spec.parse(raw)
         except SettingError as exc:
-            raise SettingError(f"{where}: {name}={raw!r}: {exc}") from None
+            raise SettingError(f"{where}: {name}={_shown(raw)}: {exc}") from None
     return dataclasses.replace(base, **values)
 
 
@@ -507,7 +518,7 @@ def marker_overrides(marks: Sequence[Any], where: str) -> Dict[str, object]:
         if mark.args:
             raise SettingError(
                 f"{where}: @pytest.mark.{MARKER} takes keyword arguments only, got "
-                f"positional {', '.join(repr(a) for a in mark.args)}; signature: "
+                f"positional {', '.join(_shown(a) for a in mark.args)}; signature: "
                 f"{marker_signature()}"
             )
         for key, value in mark.kwargs.items():
