@@ -11,9 +11,32 @@ import json
 import os
 from typing import Any, Dict, List
 
+#: Characters kept from each end of a long string in a record.  A test's reports carry the
+#: output pytest captured in the child: a test that prints hundreds of MB must not make
+#: the parent read and hold them all.
+KEEP_CHARS = 64 * 1024
+
+
+def _bounded(value: Any) -> Any:
+    """``value`` with every string longer than 2 * KEEP_CHARS cut to its head and tail."""
+    if isinstance(value, str):
+        if len(value) <= 2 * KEEP_CHARS:
+            return value
+        dropped = len(value) - 2 * KEEP_CHARS
+        return (
+            value[:KEEP_CHARS]
+            + f"\n[... {dropped} characters left out by pytest-daemonexit ...]\n"
+            + value[-KEEP_CHARS:]
+        )
+    if isinstance(value, dict):
+        return {key: _bounded(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_bounded(item) for item in value]
+    return value
+
 
 def encode(event: str, **fields: Any) -> bytes:
-    record = {"event": event, "pid": os.getpid(), **fields}
+    record = {"event": event, "pid": os.getpid(), **_bounded(fields)}
     return (json.dumps(record, default=repr, ensure_ascii=True) + "\n").encode("ascii")
 
 
@@ -37,12 +60,17 @@ class Reader:
     """Parent side: feed bytes, get complete records back."""
 
     def __init__(self) -> None:
-        self._partial = b""
+        self._partial: List[bytes] = []  # the pieces of a line not ended yet
         self.corrupt = 0
 
     def feed(self, data: bytes) -> List[Dict[str, Any]]:
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
+        if b"\n" not in data:
+            # Joined only once the line ends: joining on every read copies a long line
+            # over and over (quadratic in its length).
+            self._partial.append(data)
+            return []
+        lines = b"".join([*self._partial, data]).split(b"\n")
+        self._partial = [lines.pop()]
         records = []
         for line in lines:
             if not line.strip():

@@ -359,6 +359,28 @@ def test_channel_keeps_every_record_between_garbage_however_it_is_chunked(record
 
 @FUZZ
 @given(
+    piece=st.text(min_size=1, max_size=5),
+    size=st.integers(min_value=0, max_value=3 * channel.KEEP_CHARS),
+)
+def test_channel_records_carry_the_head_and_tail_of_long_strings(piece, size):
+    # What pytest captured in the child travels in its reports; the parent gets at most
+    # both ends of it, with how much was left out.
+    keep = channel.KEEP_CHARS
+    text = (piece * (size // len(piece) + 1))[:size]
+    line = channel.encode("report", report={"sections": [["Captured stdout call", text]]})
+    # At most 12 bytes a character (a surrogate pair as \uXXXX\uXXXX), whatever the size.
+    assert len(line) < 12 * 2 * keep + 1000
+    (record,) = channel.Reader().feed(line)
+    got = record["report"]["sections"][0][1]
+    if size <= 2 * keep:
+        assert got == text
+    else:
+        assert got.startswith(text[:keep]) and got.endswith(text[-keep:])
+        assert f"[... {size - 2 * keep} characters left out by pytest-daemonexit ...]" in got
+
+
+@FUZZ
+@given(
     data=st.binary(max_size=200),
     start=st.integers(min_value=-50, max_value=250),
     end=st.none() | st.integers(min_value=-50, max_value=250),

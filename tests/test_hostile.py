@@ -317,3 +317,49 @@ def test_a_crash_before_interpreter_clear_leaves_no_grandchild(run, pytester, cr
             os.kill(pid, 9)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["FAILED test_it.py::test_crashes - *"])
+
+
+CAPTURED_FLOOD = """
+    import os, pytest
+
+    @pytest.mark.daemon_exit
+    def test_floods_while_captured():
+        junk = bytes(range(256)) * 4096  # 1 MiB, half of it not UTF-8
+        for _ in range(16):
+            os.write(1, junk)
+            os.write(2, junk)
+        assert False, "shows the captured output"
+"""
+
+PARENT_PEAK = """
+    import resource, sys
+
+    def pytest_sessionfinish(session):
+        child = sys.modules.get("pytest_daemonexit.child")
+        if not getattr(child, "RUNNING", False):  # the parent, not the child
+            with open({path!r}, "w") as f:
+                f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+"""
+
+
+def test_a_flood_while_pytest_captures_it_keeps_the_parent_small(run, pytester):
+    import textwrap
+
+    # The child's reports carry what pytest captured: 32 MB here, several times that as
+    # JSON.  The parent must neither hold it all nor take quadratic time to read it.
+    peak = pytester.path / "parent-peak"
+    pytester.makeconftest(textwrap.dedent(PARENT_PEAK.format(path=str(peak))))
+    run.write(CAPTURED_FLOOD)
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*AssertionError: shows the captured output",
+            "*Captured stdout call*",
+            "*characters left out by pytest-daemonexit ...]",
+            "*Captured stderr call*",
+            "*characters left out by pytest-daemonexit ...]",
+        ]
+    )
+    peak_kib = int(peak.read_text())
+    assert peak_kib < 150 * 1024, f"the parent peaked at {peak_kib} KiB"
