@@ -11,7 +11,7 @@ import os
 import runpy
 import sys
 import threading
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from pytest_daemonexit import channel, childcoverage, injection
 
@@ -81,7 +81,11 @@ def _die_with_parent(parent: int) -> None:
 RUNNING = False
 
 
-def run(spec: Dict[str, Any]) -> None:
+def run(
+    spec: Dict[str, Any], session: Optional[Callable[[List[str], List[Any]], int]] = None
+) -> None:
+    """Run the test (or script) of ``spec``; ``session`` replaces ``pytest.main`` in a child
+    forked from a server that prepared pytest's configuration (forkserver.py)."""
     global RUNNING
     RUNNING = True
     childcoverage.start_in_child()  # before the test's modules are imported
@@ -129,7 +133,9 @@ def run(spec: Dict[str, Any]) -> None:
 
             plugins: List[Any] = [ChildReporter(writer)]
             plugins += [name for name in spec.get("plugins", ()) if name]
-            writer.send("pytest_exit", status=int(pytest.main(list(spec["args"]), plugins)))
+            args = list(spec["args"])
+            status = session(args, plugins) if session else pytest.main(args, plugins)
+            writer.send("pytest_exit", status=int(status))
         else:
             sys.argv = [spec["args"][0], *spec["args"][1:]]
             try:

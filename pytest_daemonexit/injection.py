@@ -232,6 +232,43 @@ def make_reaper(fd: int) -> Callable[[], None]:
     return reap
 
 
+#: A fork server's reserved last atexit slot (forkserver.py): callbacks that must run after
+#: every other one, in LIFO order.  None in a spawned child: atexit itself is the slot.
+_LAST_SLOT: Optional[List[Any]] = None
+_BEFORE_SLOT = 0
+
+
+def reserve_last_atexit() -> None:
+    """Register the callback that runs last before anything else can (a fork server does
+    this before importing pytest, whose imports register callbacks of their own)."""
+    global _LAST_SLOT, _BEFORE_SLOT
+    _BEFORE_SLOT = int(getattr(atexit, "_ncallbacks", lambda: 0)())
+    _LAST_SLOT = []
+    atexit.register(_run_last_slot)
+
+
+def _run_last_slot() -> None:
+    slot = _LAST_SLOT
+    while slot:
+        func, args = slot.pop()
+        func(*args)
+
+
+def register_last(func: Callable[..., Any], *args: Any) -> None:
+    """``atexit.register``, but after every callback registered so far (LIFO)."""
+    if _LAST_SLOT is None:
+        atexit.register(func, *args)
+    else:
+        _LAST_SLOT.append((func, args))
+
+
+def registered_before_last() -> int:
+    """Callbacks that run after the ones :func:`register_last` registers."""
+    if _LAST_SLOT is None:
+        return int(getattr(atexit, "_ncallbacks", lambda: 0)())
+    return _BEFORE_SLOT
+
+
 def install_early(
     mark: Mark, skip: Sequence[str] = (), reap: Optional[Callable[[], None]] = None
 ) -> None:
@@ -246,7 +283,7 @@ def install_early(
         _mark("atexit_done")
         install_late_markers(_mark, _skip, _reap)
 
-    atexit.register(last_atexit)
+    register_last(last_atexit)
 
 
 def install_shutdown_markers(mark: Callable[..., None], threading_actions: bool = True) -> None:

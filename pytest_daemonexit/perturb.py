@@ -14,7 +14,6 @@ resets those when it finalizes signal handling, before the late phases.
 from __future__ import annotations
 
 import _thread
-import atexit
 import ctypes
 import math
 import os
@@ -415,13 +414,15 @@ class Engine:
             if do == "hold" and phase == "atexit_done":
                 # Registered before every other callback, so atexit (LIFO) calls it last:
                 # no bytecode runs between it and the runtime being marked finalizing.
-                earlier = getattr(atexit, "_ncallbacks", lambda: 0)()
+                from pytest_daemonexit.injection import register_last, registered_before_last
+
+                earlier = registered_before_last()
                 if earlier:
                     self.notes.append(
                         f"{earlier} atexit callback(s) registered before the test started "
                         "(sitecustomize, .pth files) run after the hold at atexit_done"
                     )
-                atexit.register(sum, range(int(seconds * hold_rate)))
+                register_last(sum, range(int(seconds * hold_rate)))
                 continue
             if do == "c_delay":
                 _c_exit_delay(seconds)

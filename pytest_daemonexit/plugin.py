@@ -36,6 +36,7 @@ from pytest_daemonexit.settings import (
 )
 
 if TYPE_CHECKING:
+    from pytest_daemonexit.childruns import Launched, Planned
     from pytest_daemonexit.interpreters import Interpreter
     from pytest_daemonexit.judge import Verdict
     from pytest_daemonexit.policies import Policy
@@ -281,11 +282,28 @@ def pytest_report_header(config: pytest.Config) -> Optional[List[str]]:
     pythons = ", ".join(f"{i.path} ({i.label})" for i in config.stash[INTERPRETERS_KEY])
     return [
         f"daemonexit: seed={config.stash[SEED_KEY]} "
-        f"policies={','.join(p.name for p in chosen)} rounds={base.rounds} start=spawn "
+        f"policies={','.join(p.name for p in chosen)} rounds={base.rounds} "
+        f"start={start_mode(base)} jobs={jobs(config, base)} "
         f"{base.describe()}",
         f"daemonexit child: {pythons} {flags}; removed from its environment: "
         f"{', '.join(removed) or 'nothing'}",
     ]
+
+
+def start_mode(settings: Settings) -> str:
+    """The start mode ``auto`` stands for here."""
+    from pytest_daemonexit import forkserver
+
+    if settings.start == "auto":
+        return "forkserver" if forkserver.available() else "spawn"
+    return settings.start
+
+
+def jobs(config: pytest.Config, settings: Settings) -> int:
+    from pytest_daemonexit import runpool
+
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    return settings.jobs or runpool.default_jobs(int(workers))
 
 
 def item_settings(item: pytest.Item) -> Settings:
@@ -358,14 +376,19 @@ def _node_arg(item: pytest.Item) -> str:
     return f"{item.path}::{suffix}" if suffix else str(item.path)
 
 
-def _run_dir(config: pytest.Config, item: pytest.Item) -> str:
+def _session_dir(config: pytest.Config) -> Path:
+    """Where this session keeps its runs' files: pytest's basetemp (which pytest rotates)."""
     try:
         base = config._tmp_path_factory.getbasetemp() / "daemonexit"  # type: ignore[attr-defined]
         base.mkdir(exist_ok=True)
     except (AttributeError, OSError):
         base = Path(tempfile.gettempdir())
+    return Path(base)
+
+
+def _run_dir(config: pytest.Config, item: pytest.Item) -> str:
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.name)[:40]
-    return tempfile.mkdtemp(prefix=f"{name}-", dir=str(base))
+    return tempfile.mkdtemp(prefix=f"{name}-", dir=str(_session_dir(config)))
 
 
 def reproduce_command(
@@ -422,7 +445,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: Optional[pytest.Item]) 
         return None
     ihook = item.ihook
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    reports = _run_marked(item)
+    reports = _run_marked(item, nextitem)
     # The parent set up no fixture for this item, but earlier items' fixtures that the
     # next item does not need must still be torn down here, as pytest would.
     teardown = pytest.CallInfo.from_call(
@@ -461,10 +484,45 @@ class _Run:
     seed: int
     evidence: Evidence
     verdict: Verdict
+    start: str = "spawn"
 
 
-def _run_marked(item: pytest.Item) -> Sequence[pytest.TestReport]:
-    from pytest_daemonexit import policies, testreports
+def planned_runs(item: pytest.Item, settings: Settings) -> List[Tuple[Interpreter, List[Planned]]]:
+    """Every run the test may get, per interpreter, in the order they are judged (a hunt
+    stops at its first failure, a failing policy stops the later ones)."""
+    from pytest_daemonexit import policies, rounds
+    from pytest_daemonexit.childruns import Planned
+
+    config = item.config
+    session_seed = config.stash[SEED_KEY]
+    selected = policies.select(settings.policies, policy_registry(config))
+    out = []
+    for interp in config.stash[INTERPRETERS_KEY]:
+        chosen = [p for p in selected if p.applies_to(interp.version)]
+        runs = (
+            [
+                Planned(
+                    item.nodeid,
+                    interp,
+                    policy,
+                    round_,
+                    policies.run_seed(session_seed, item.nodeid, policy.name, round_),
+                )
+                for policy, round_ in rounds.schedule(
+                    chosen, settings.rounds, settings.until_fail, settings.first_round
+                )
+            ]
+            if chosen
+            else []
+        )
+        out.append((interp, runs))
+    return out
+
+
+def _run_marked(
+    item: pytest.Item, nextitem: Optional[pytest.Item] = None
+) -> Sequence[pytest.TestReport]:
+    from pytest_daemonexit import childruns, testreports
 
     config = item.config
     if sys.platform == "win32":
@@ -482,24 +540,27 @@ def _run_marked(item: pytest.Item) -> Sequence[pytest.TestReport]:
             "in a child interpreter; run it without -p daemonexit (or with -p no:daemonexit) "
             "to debug its body",
         )
-    registry = policy_registry(config)
+    plan = planned_runs(item, settings)
     interps = config.stash[INTERPRETERS_KEY]
-    selected = policies.select(settings.policies, registry)
-    plan = [(i, [p for p in selected if p.applies_to(i.version)]) for i in interps]
-    if not any(chosen for _, chosen in plan):
+    if not any(runs for _, runs in plan):
         return _skip(
             item,
             f"none of the policies {', '.join(settings.policies) or 'default'} applies to "
             f"CPython {', '.join(i.label for i in interps)}",
         )
-    runs: List[_Run] = []
+    session = childruns.session_runs(config)
+    if not settings.until_fail:
+        for _interp, runs in plan:
+            session.submit(item, settings, runs)
+    session.run_ahead(item, nextitem)
+    done: List[_Run] = []
     records: List[Dict[str, Any]] = []
     tallies: List[Tally] = []
-    for interp, chosen in plan:
-        if chosen:
-            tallies += _run_on(item, settings, interp, chosen, runs, records)
-    failing = next((r for r in runs if not r.verdict.ok), None)
-    reported = failing or runs[0]
+    for interp, runs in plan:
+        if runs:
+            tallies += _run_on(item, settings, interp, runs, done, records)
+    failing = next((r for r in done if not r.verdict.ok), None)
+    reported = failing or done[0]
     reports = _reports(item, settings, reported, tallies, len(interps) > 1)
     _attach(item, reports, reported, tallies, records)
     return reports
@@ -509,27 +570,34 @@ def _run_on(
     item: pytest.Item,
     settings: Settings,
     interp: Interpreter,
-    chosen: Sequence[Policy],
+    planned: Sequence[Planned],
     runs: List[_Run],
     records: List[Dict[str, Any]],
 ) -> List[Tally]:
-    """The test's runs under one interpreter: its policies x rounds (or a hunt)."""
-    from pytest_daemonexit import policies, rounds, runrecords, testreports
+    """The test's runs under one interpreter, taken in order: its policies x rounds (or a
+    hunt), stopping as a sequential session would; runs started ahead and not needed are
+    discarded."""
+    from pytest_daemonexit import childruns, rounds, runrecords, testreports
 
     config = item.config
-    session_seed = config.stash[SEED_KEY]
+    session = childruns.session_runs(config)
     label = interp.label if len(config.stash[INTERPRETERS_KEY]) > 1 or not interp.current else ""
-    tallies = {p.name: rounds.Tally(p.name, label) for p in chosen}
+    tallies: Dict[str, Tally] = {}
     failing: Optional[_Run] = None
-    for policy, round_ in rounds.schedule(
-        chosen, settings.rounds, settings.until_fail, settings.first_round
-    ):
+    taken = 0
+    for i, next_run in enumerate(planned):
+        policy = next_run.policy
+        tallies.setdefault(policy.name, rounds.Tally(policy.name, label))
         if failing is not None and (settings.until_fail or policy is not failing.policy):
             break  # the rounds of the failing policy give its rate; no need for more
-        seed = policies.run_seed(session_seed, item.nodeid, policy.name, round_)
-        run = _run_once(item, settings, interp, policy, round_, seed)
+        if settings.until_fail:
+            # A hunt keeps one window of runs going; it stops at the first failure.
+            session.submit(item, settings, planned[i : i + session.pool.jobs])
+        launched = session.take(item, settings, next_run)
+        taken = i + 1
+        run = _finish(item, settings, next_run, launched)
         runs.append(run)
-        tallies[policy.name].add(round_, seed, run.verdict)
+        tallies[policy.name].add(run.round, run.seed, run.verdict)
         outcome = testreports.child_outcome(run.evidence)
         records.append(
             runrecords.run_record(
@@ -537,18 +605,53 @@ def _run_on(
                 evidence=run.evidence,
                 verdict=run.verdict,
                 policy=policy.name,
-                round_=round_,
-                session_seed=session_seed,
+                round_=run.round,
+                session_seed=config.stash[SEED_KEY],
                 interpreter=interp.to_json(),
                 test_outcome=outcome,
                 replay=_replay(item, settings, run),
+                start=run.start,
             )
         )
         if failing is None and not run.verdict.ok:
             failing = run
         if failing is None and outcome in ("failed", "skipped"):
             break  # the test itself failed or skipped: other policies would not change that
+    session.pool.discard(p.key for p in planned[taken:])
     return [t for t in tallies.values() if t.runs]
+
+
+def _finish(item: pytest.Item, settings: Settings, planned: Planned, launched: Launched) -> _Run:
+    """Post-exit checks and the verdict hook, in the main thread."""
+    from pytest_daemonexit import checks, testreports
+
+    evidence, verdict = launched.evidence, launched.verdict
+    passed = evidence.test_finished and testreports.child_outcome(evidence) == "passed"
+    if settings.check and passed:
+        result = checks.ExitResult(
+            evidence=evidence,
+            verdict=verdict,
+            tmp_path=testreports.child_tmp_path(evidence),
+            policy=planned.policy.name,
+            seed=planned.seed,
+            round=planned.round,
+            user_properties=testreports.child_user_properties(evidence),
+        )
+        verdict = checks.with_findings(verdict, checks.run_checks(settings.check, result))
+    override = item.ihook.pytest_daemonexit_verdict(
+        item=item, verdict=verdict, evidence=evidence, settings=settings
+    )
+    if override is not None:
+        verdict = override
+    return _Run(
+        planned.interp,
+        planned.policy,
+        planned.round,
+        planned.seed,
+        evidence,
+        verdict,
+        launched.start,
+    )
 
 
 def _replay(item: pytest.Item, settings: Settings, run: _Run) -> str:
@@ -573,83 +676,18 @@ def _attach(
 ) -> None:
     """What the summary, the report file and JUnit XML need, on the test's last report
     (xdist carries both to the controller)."""
-    from pytest_daemonexit import cireports
+    from pytest_daemonexit import childruns, cireports
 
     data = {
         "seed": item.config.stash[SEED_KEY],
         "tallies": [t.to_json() for t in tallies],
         "runs": list(records),
         "failed": any(r.failed for r in reports),
+        "notes": list(childruns.session_runs(item.config).notes),
     }
     report = reports[-1]
     report.daemonexit = data  # type: ignore[attr-defined]
     report.user_properties.extend(cireports.junit_properties(run.verdict, run.evidence, records))
-
-
-def _run_once(
-    item: pytest.Item,
-    settings: Settings,
-    interp: Interpreter,
-    policy: Policy,
-    round_: int,
-    seed: int,
-) -> _Run:
-    from pytest_daemonexit import checks, childcoverage, runner
-    from pytest_daemonexit.judge import judge
-
-    config = item.config
-    run_dir = _run_dir(config, item)
-    args = [*_passthrough_args(config), f"--basetemp={Path(run_dir, 'basetemp')}"]
-    if config.pluginmanager.has_plugin("cacheprovider"):
-        # The child's cache must not overwrite the parent's (lastfailed, stepwise).
-        args += ["-o", f"cache_dir={Path(run_dir, 'cache')}"]
-    if config.pluginmanager.has_plugin("xdist") and (
-        interp.current or interp.has_plugin("xdist")
-    ):
-        args.append("-n0")
-    pytest_cov = config.pluginmanager.has_plugin("_cov")
-    if pytest_cov and (interp.current or interp.has_plugin("pytest_cov")):
-        # The child must not run pytest-cov: it would erase the session's data files.
-        # It measures itself instead (childcoverage.py).
-        args.append("--no-cov")
-    args.append(_node_arg(item))
-    request = runner.RunRequest(
-        mode="pytest",
-        args=tuple(args),
-        python=interp.path,
-        python_flags=settings.python_flags(),
-        cwd=str(config.invocation_params.dir),
-        env=childcoverage.child_environment(runner.child_environment()),
-        timeout=settings.timeout,
-        run_timeout=settings.run_timeout,
-        plugins=tuple(n for n in [_plugin_name(config)] if n),
-        native_stacks=settings.native_stacks,
-        workdir=str(Path(run_dir, "run")),
-        plan=policy.plan(seed, interp.version),
-        seed=seed,
-    )
-    evidence = runner.run(request)
-    verdict = judge(evidence, settings, _signatures(config), policy)
-    if settings.check and evidence.test_finished:
-        from pytest_daemonexit import testreports
-
-        if testreports.child_outcome(evidence) == "passed":
-            result = checks.ExitResult(
-                evidence=evidence,
-                verdict=verdict,
-                tmp_path=testreports.child_tmp_path(evidence),
-                policy=policy.name,
-                seed=seed,
-                round=round_,
-                user_properties=testreports.child_user_properties(evidence),
-            )
-            verdict = checks.with_findings(verdict, checks.run_checks(settings.check, result))
-    override = item.ihook.pytest_daemonexit_verdict(
-        item=item, verdict=verdict, evidence=evidence, settings=settings
-    )
-    if override is not None:
-        verdict = override
-    return _Run(interp, policy, round_, seed, evidence, verdict)
 
 
 def _reports(
@@ -688,7 +726,13 @@ def _reports(
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    if _in_child(session.config) or "pytest_daemonexit.childcoverage" not in sys.modules:
+    if _in_child(session.config):
+        return
+    from pytest_daemonexit import childruns
+
+    # Runs started ahead for tests that never ran (-x, Ctrl-C) are stopped; servers end.
+    childruns.close(session.config)
+    if "pytest_daemonexit.childcoverage" not in sys.modules:
         return
     from pytest_daemonexit import childcoverage
 
@@ -705,6 +749,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
     rows = []
     marked = []
+    notes: Dict[str, None] = {}
     failing = 0
     runs = 0
     for reports in terminalreporter.stats.values():
@@ -713,6 +758,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             if not isinstance(data, dict):
                 continue
             marked.append(rep)
+            notes.update(dict.fromkeys(str(n) for n in data.get("notes", ())))
             tallies = [rounds.Tally.from_json(t) for t in data.get("tallies", ())]
             runs += sum(t.runs for t in tallies)
             failing += sum(t.failures for t in tallies)
@@ -731,5 +777,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         f"{'s' if runs != 1 else ''}, {failing} failed; session seed "
         f"{config.stash[SEED_KEY]}" + ("" if show_all else " (-v shows every test and policy)")
     )
+    for note in notes:
+        terminalreporter.write_line(f"daemonexit: note: {note}", yellow=True)
     for line in cireports.github_annotations(config, marked):
         terminalreporter.write_line(line)

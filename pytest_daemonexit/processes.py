@@ -8,7 +8,7 @@ import sys
 from typing import Dict, List, Set
 
 
-def _parents() -> Dict[int, int]:
+def parents() -> Dict[int, int]:
     """pid -> ppid for every process we can see (Linux /proc; empty elsewhere)."""
     table: Dict[int, int] = {}
     try:
@@ -33,7 +33,7 @@ def _parents() -> Dict[int, int]:
 def descendants(pid: int) -> List[int]:
     """Every live descendant of ``pid``, whatever session or group it moved to."""
     children: Dict[int, List[int]] = {}
-    for child, parent in _parents().items():
+    for child, parent in parents().items():
         children.setdefault(parent, []).append(child)
     found: List[int] = []
     seen: Set[int] = {pid}

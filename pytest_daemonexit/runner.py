@@ -51,7 +51,7 @@ _BOOTSTRAP = (
     "{pkg!r} in sys.path or sys.path.append({pkg!r}); "
     "from pytest_daemonexit.child import main; main()"
 )
-_PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 #: sys.path[0] of this process before pytest inserted rootdirs into it.
 ORIGINAL_SYS_PATH0: Optional[str] = sys.path[0] if sys.path else None
 
@@ -84,6 +84,10 @@ class RunRequest:
     workdir: Optional[str] = None  # default: a temporary directory, removed afterwards
     plan: Tuple[Action, ...] = ()  # a policy's perturbation (policies.py)
     seed: int = 0  # the run's seed: the child draws its own random choices from it
+    #: Start the child by forking this server (forkserver.ForkServer) instead of spawning.
+    forkserver: Any = None
+    #: A threading.Event: once set, the child is stopped and the run ends ("cancelled").
+    cancel: Any = None
 
     @classmethod
     def script(cls, path: str, *args: str, **kwargs: Any) -> RunRequest:
@@ -91,7 +95,7 @@ class RunRequest:
 
     def argv(self, spec_path: str) -> List[str]:
         head = [] if self.sys_path0 is None else [self.sys_path0]
-        code = _BOOTSTRAP.format(head=head, pkg=_PACKAGE_PARENT)
+        code = _BOOTSTRAP.format(head=head, pkg=PACKAGE_PARENT)
         return [self.python, "-X", "faulthandler", *self.python_flags, "-c", code, spec_path]
 
 
@@ -121,7 +125,7 @@ class Evidence:
     argv: Tuple[str, ...]
     pid: int
     returncode: Optional[int]  # as subprocess reports it: -N for death by signal N
-    stopped: Optional[str]  # None, "exit_timeout" or "run_timeout": we killed it
+    stopped: Optional[str]  # None, "exit_timeout", "run_timeout" or "cancelled": we killed it
     phases: Tuple[PhaseMark, ...]
     records: Tuple[Dict[str, Any], ...]  # channel records other than phases
     stdout_test: Output
@@ -348,18 +352,24 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
     env = dict(request.env) if request.env is not None else child_environment()
     token = processes.tag_environment(env)
     started = time.monotonic()
+    proc: Any
     try:
         with open(out_path, "wb") as out_f, open(err_path, "wb") as err_f:
-            proc = subprocess.Popen(
-                argv,
-                cwd=request.cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out_f,
-                stderr=err_f,
-                pass_fds=(write_fd,),
-                start_new_session=(sys.platform != "win32"),
-            )
+            if request.forkserver is not None:
+                proc = request.forkserver.launch(
+                    str(spec_path), env, (write_fd, out_f.fileno(), err_f.fileno())
+                )
+            else:
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=request.cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out_f,
+                    stderr=err_f,
+                    pass_fds=(write_fd,),
+                    start_new_session=(sys.platform != "win32"),
+                )
     finally:
         os.close(write_fd)
     watch = _Watch(proc)
@@ -378,7 +388,10 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
             if deadline is not None and now >= deadline:
                 stopped = "exit_timeout" if exit_deadline is not None else "run_timeout"
                 break
-            wait = 0.05 if watch.pidfd is None else 1.0
+            if request.cancel is not None and request.cancel.is_set():
+                stopped = "cancelled"
+                break
+            wait = 0.05 if watch.pidfd is None else (1.0 if request.cancel is None else 0.2)
             if deadline is not None:
                 wait = min(wait, max(0.0, deadline - now))
             if storm is not None:
@@ -390,6 +403,9 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
                 time.sleep(wait)
                 continue
             ready = select.select(fds, [], [], wait)[0]
+            if watch.pidfd in ready and proc.poll() is None:
+                # A forked child: it has exited, its server reports the status shortly.
+                time.sleep(0.002)
             if read_fd in ready:
                 data = os.read(read_fd, 1 << 16)
                 if not data:
@@ -402,7 +418,9 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
                     if phase in storms:
                         storm = _Storm(proc.pid, storms[phase], time.monotonic())
         native = ""
-        if stopped is not None:
+        if stopped == "cancelled":
+            processes.kill_tree(proc.pid)
+        elif stopped is not None:
             native = _stop(proc, request, fault_path)
         else:
             processes.kill_tree(proc.pid)  # leftovers in the child's process group

@@ -69,6 +69,7 @@ def run_record(
     interpreter: Mapping[str, Any],
     test_outcome: str,
     replay: str,
+    start: str = "spawn",
 ) -> Dict[str, Any]:
     """The JSON record of one child run (see the README's schema)."""
     code = evidence.returncode
@@ -78,6 +79,7 @@ def run_record(
         "nodeid": nodeid,
         "interpreter": dict(interpreter),
         "policy": policy,
+        "start": start,
         "seed": evidence.seed,
         "session_seed": session_seed,
         "round": round_,

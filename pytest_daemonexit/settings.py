@@ -240,6 +240,22 @@ def parse_pythons(value: object) -> Tuple[str, ...]:
     return tuple(names)
 
 
+START_MODES = ("auto", "forkserver", "spawn")
+
+
+def parse_start(value: object) -> str:
+    if value not in START_MODES:
+        raise SettingError(f"expected one of {', '.join(START_MODES)}")
+    return str(value)
+
+
+def parse_jobs(value: object) -> int:
+    """A number of concurrent child runs; 0 (or 'auto') means one per usable core."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return 0
+    return _count(value, 0, "a whole number of concurrent runs >= 1, or auto")
+
+
 def parse_report_path(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise SettingError("expected a file path for the JSON report")
@@ -433,6 +449,28 @@ OPTIONS: Tuple[OptionSpec, ...] = (
         shown_default="current",
     ),
     OptionSpec(
+        "start",
+        "auto",
+        parse_start,
+        "How children start: forkserver (forked from a server per interpreter that has "
+        "imported pytest and parsed the command line once; Linux), spawn (a new "
+        "interpreter per run), or auto (forkserver where it can run, else spawn) "
+        "(default auto).",
+        "MODE",
+        marker=False,
+    ),
+    OptionSpec(
+        "jobs",
+        0,
+        parse_jobs,
+        "Child runs at once: the runs of a test (policies, rounds, interpreters) and of the "
+        "tests after it; auto means one per usable core, shared between xdist workers "
+        "(default auto).",
+        "N",
+        marker=False,
+        shown_default="auto",
+    ),
+    OptionSpec(
         "report",
         "",
         parse_report_path,
@@ -470,6 +508,8 @@ class Settings:
     native_stacks: str = "auto"
     pythons: Tuple[str, ...] = ()
     report: str = ""
+    start: str = "auto"
+    jobs: int = 0
 
     def python_flags(self) -> Tuple[str, ...]:
         """Interpreter flags of the child, besides ``-X faulthandler``."""

@@ -35,6 +35,7 @@ RUN_KEYS: Dict[str, Any] = {
     "nodeid": str,
     "interpreter": dict,
     "policy": str,
+    "start": str,
     "seed": int,
     "session_seed": int,
     "round": int,
@@ -261,11 +262,19 @@ def test_ctrl_c_leaves_a_valid_report_of_the_finished_runs(pytester):
         stderr=subprocess.STDOUT,
         preexec_fn=default_sigint,
     )
+    report = pytester.path / "report.json"
+
+    def finished() -> List[str]:
+        # The file is replaced atomically: whenever it exists, it is complete JSON.
+        if not report.exists():
+            return []
+        return [r["nodeid"] for r in json.loads(report.read_text(encoding="utf-8"))["runs"]]
+
     try:
         end = time.monotonic() + 60
-        while not startfile.exists() and time.monotonic() < end:
+        while not (startfile.exists() and finished()) and time.monotonic() < end:
             time.sleep(0.05)
-        assert startfile.exists(), "the slow test never started"
+        assert startfile.exists() and finished(), "the slow test never started"
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     finally:

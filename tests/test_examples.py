@@ -45,8 +45,16 @@ def test_every_example_is_in_the_table():
         assert (EXAMPLES / name.replace(".py", "_fixed.py")).exists(), name
 
 
-def test_one_default_run_fails_every_bug_and_passes_every_fix():
-    out = run_examples("-p", "daemonexit", "--daemonexit-native-stacks=off")
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_one_default_run_fails_every_bug_and_passes_every_fix(start):
+    # The same seed in both start modes: forked children must find the same bugs.
+    out = run_examples(
+        "-p",
+        "daemonexit",
+        "--daemonexit-native-stacks=off",
+        f"--daemonexit-start={start}",
+        "--daemonexit-seed=7",
+    )
     for module, verdict in EXPECTED.items():
         assert f"FAILED {module}::" in out, out
         twin = module.replace(".py", "_fixed.py")

@@ -182,7 +182,7 @@ def test_header_shows_settings(run, pytester):
     result = run("--daemonexit-exit-code=0", "--daemonexit-rounds=2")
     result.stdout.fnmatch_lines(
         [
-            "daemonexit: seed=* policies=baseline rounds=2 start=spawn timeout=3s exit_code=0 "
+            "daemonexit: seed=* policies=baseline rounds=2 start=* jobs=* timeout=3s exit_code=0 "
             "run_timeout=300s *",
             f"daemonexit child: {sys.executable} ({'.'.join(map(str, sys.version_info[:3]))}) "
             "-X faulthandler; *",

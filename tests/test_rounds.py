@@ -57,7 +57,11 @@ def test_rounds_give_each_policy_a_failure_rate(run, pytester):
 
 def test_a_failing_policy_stops_the_policies_after_it(run, pytester):
     counter = _counted(run, pytester, fail_on=(1,))
-    result = run("--daemonexit-policy=baseline,atexit-race", "-v", policy=None)
+    # One job: with more, the later policy's run may already have started (and its result
+    # is discarded); the counter counts started runs.
+    result = run(
+        "--daemonexit-policy=baseline,atexit-race", "-v", "--daemonexit-jobs=1", policy=None
+    )
     result.assert_outcomes(failed=1)
     assert len(counter.read_text().splitlines()) == 1
     result.stdout.fnmatch_lines(["1 marked test, 1 child run, 1 failed; session seed *"])
@@ -66,7 +70,10 @@ def test_a_failing_policy_stops_the_policies_after_it(run, pytester):
 def test_until_fail_hunts_across_policies_and_stops_at_the_first_failure(run, pytester):
     counter = _counted(run, pytester, fail_on=(5,))
     result = run(
-        "--daemonexit-until-fail=10", "--daemonexit-policy=baseline,atexit-race", policy=None
+        "--daemonexit-until-fail=10",
+        "--daemonexit-policy=baseline,atexit-race",
+        "--daemonexit-jobs=1",
+        policy=None,
     )
     result.assert_outcomes(failed=1)
     assert len(counter.read_text().splitlines()) == 5

@@ -1,0 +1,243 @@
+"""Starting a marked test's child runs: the request, the start mode (fork server or spawn),
+and running later tests' runs ahead on free cores.
+
+Everything here may run in a pool thread, so nothing calls a pytest hook: the plugin takes
+the results in order in the main thread and runs post-exit checks and the verdict hook there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, Hashable, List, Optional, Sequence, Tuple
+
+import pytest
+
+from pytest_daemonexit.settings import MARKER, Settings
+
+if TYPE_CHECKING:
+    from pytest_daemonexit.forkserver import ForkServer
+    from pytest_daemonexit.interpreters import Interpreter
+    from pytest_daemonexit.judge import Verdict
+    from pytest_daemonexit.policies import Policy
+    from pytest_daemonexit.runner import Evidence
+    from pytest_daemonexit.runpool import RunPool
+    from pytest_daemonexit.signatures import Signature
+
+RUNS_KEY = pytest.StashKey["SessionRuns"]()
+#: Environment variables a fork server must not start with: the children set them per run.
+_PER_RUN_ENV = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
+
+
+@dataclasses.dataclass(frozen=True)
+class Planned:
+    """One run of a test: where, under which policy, which round, with which seed."""
+
+    nodeid: str
+    interp: Interpreter
+    policy: Policy
+    round: int
+    seed: int
+
+    @property
+    def key(self) -> Hashable:
+        return (self.nodeid, self.interp.path, self.policy.name, self.round)
+
+
+@dataclasses.dataclass(frozen=True)
+class Launched:
+    evidence: Evidence
+    verdict: Verdict  # the judge's, before post-exit checks and the verdict hook
+    start: str  # "forkserver" or "spawn"
+
+
+class SessionRuns:
+    """Per session (per xdist worker): the pool of concurrent runs and the fork servers."""
+
+    def __init__(
+        self, config: pytest.Config, settings: Settings, signatures: Tuple[Signature, ...]
+    ) -> None:
+        from pytest_daemonexit import forkserver, plugin, runpool
+
+        self.config = config
+        self.pool: RunPool = runpool.RunPool(plugin.jobs(config, settings))
+        self.signatures = signatures
+        self.start = plugin.start_mode(settings)
+        self.notes: List[str] = []
+        if settings.start == "forkserver" and not forkserver.available():
+            self.notes.append("the fork server needs Linux: children were spawned")
+            self.start = "spawn"
+        self._servers: Dict[Hashable, Optional[ForkServer]] = {}
+        self._lock = threading.Lock()
+        self._restarts = 0
+        self._index: Optional[Dict[str, int]] = None
+
+    # -- start modes ------------------------------------------------------------------
+
+    def _server(
+        self, interp: Interpreter, flags: Tuple[str, ...], args: Sequence[str]
+    ) -> Optional[ForkServer]:
+        """The running server for this interpreter, flags and command line; None: spawn."""
+        from pytest_daemonexit import forkserver, plugin, runner
+
+        if self.start != "forkserver":
+            return None
+        key = (interp.path, flags, tuple(args))
+        with self._lock:
+            server = self._servers.get(key, False)
+            if server is None:
+                return None  # it could not start: this combination spawns
+            if server is not False and server.alive:  # type: ignore[union-attr]
+                return server  # type: ignore[return-value]
+            if server is not False:
+                # It died (killed from outside, or a crash): replace it, a few times.
+                self._restarts += 1
+                if self._restarts > 3:
+                    self.notes.append("the fork server kept dying: later children were spawned")
+                    self._servers[key] = None
+                    return None
+            env = runner.child_environment()
+            for name in _PER_RUN_ENV:
+                env.pop(name, None)
+            workdir = Path(plugin._session_dir(self.config), f"server-{len(self._servers)}")
+            server_args = list(args)
+            if self.config.pluginmanager.has_plugin("cacheprovider"):
+                server_args += ["-o", f"cache_dir={workdir / 'cache'}"]
+            new = forkserver.ForkServer(
+                python=interp.path,
+                python_flags=flags,
+                args=server_args,
+                plugins=[n for n in [plugin._plugin_name(self.config)] if n],
+                cwd=str(self.config.invocation_params.dir),
+                env=env,
+                sys_path0=runner.ORIGINAL_SYS_PATH0,
+                workdir=str(workdir),
+            )
+            try:
+                new.start()
+            except forkserver.ForkServerError as exc:
+                self.notes.append(
+                    f"the fork server for {interp.path} could not start ({exc}): its children "
+                    "were spawned"
+                )
+                self._servers[key] = None
+                return None
+            self._servers[key] = new
+            return new
+
+    def execute(self, item: pytest.Item, settings: Settings, planned: Planned) -> Launched:
+        """Start one run, watch it to its end, judge it (thread-safe)."""
+        from pytest_daemonexit import childcoverage, forkserver, plugin, runner
+        from pytest_daemonexit.judge import judge
+
+        config = self.config
+        interp = planned.interp
+        run_dir = plugin._run_dir(config, item)
+        common = plugin._passthrough_args(config)
+        if config.pluginmanager.has_plugin("xdist") and (
+            interp.current or interp.has_plugin("xdist")
+        ):
+            common.append("-n0")
+        if config.pluginmanager.has_plugin("_cov") and (
+            interp.current or interp.has_plugin("pytest_cov")
+        ):
+            # The child must not run pytest-cov: it would erase the session's data files.
+            # It measures itself instead (childcoverage.py).
+            common.append("--no-cov")
+        flags = settings.python_flags()
+        server = self._server(interp, flags, common)
+        args = [*common, f"--basetemp={Path(run_dir, 'basetemp')}"]
+        if server is None and config.pluginmanager.has_plugin("cacheprovider"):
+            # The child's cache must not overwrite the parent's (lastfailed, stepwise).
+            args += ["-o", f"cache_dir={Path(run_dir, 'cache')}"]
+        args.append(plugin._node_arg(item))
+        request = runner.RunRequest(
+            mode="pytest",
+            args=tuple(args),
+            python=interp.path,
+            python_flags=flags,
+            cwd=str(config.invocation_params.dir),
+            env=childcoverage.child_environment(runner.child_environment()),
+            timeout=settings.timeout,
+            run_timeout=settings.run_timeout,
+            plugins=tuple(n for n in [plugin._plugin_name(config)] if n),
+            native_stacks=settings.native_stacks,
+            workdir=str(Path(run_dir, "run")),
+            plan=planned.policy.plan(planned.seed, interp.version),
+            seed=planned.seed,
+            forkserver=server,
+            cancel=self.pool.cancel,
+        )
+        start = "spawn" if server is None else "forkserver"
+        try:
+            evidence = runner.run(request)
+        except forkserver.ForkServerError:
+            # The server died between runs: this run is spawned, the next one restarts it.
+            request = dataclasses.replace(request, forkserver=None)
+            evidence, start = runner.run(request), "spawn"
+        verdict = judge(evidence, settings, self.signatures, planned.policy)
+        return Launched(evidence, verdict, start)
+
+    # -- running ahead ----------------------------------------------------------------
+
+    def submit(self, item: pytest.Item, settings: Settings, runs: Sequence[Planned]) -> None:
+        for planned in runs:
+            self.pool.submit(planned.key, functools.partial(self.execute, item, settings, planned))
+
+    def take(self, item: pytest.Item, settings: Settings, planned: Planned) -> Launched:
+        result: Launched = self.pool.take(
+            planned.key, lambda: self.execute(item, settings, planned)
+        )
+        return result
+
+    def run_ahead(self, item: pytest.Item, nextitem: Optional[pytest.Item]) -> None:
+        """Submit the runs of the tests after ``item`` while fewer than two runs per job
+        wait.  Under xdist only ``nextitem`` is known to run in this worker."""
+        if not self.pool.parallel:
+            return
+        from pytest_daemonexit import plugin
+
+        if hasattr(self.config, "workerinput"):
+            upcoming: Sequence[pytest.Item] = [nextitem] if nextitem is not None else []
+        else:
+            items = item.session.items
+            if self._index is None:
+                self._index = {it.nodeid: i for i, it in enumerate(items)}
+            start = self._index.get(item.nodeid, len(items)) + 1
+            upcoming = items[start:]
+        for other in upcoming:
+            if self.pool.pending() >= 2 * self.pool.jobs:
+                return
+            if other.get_closest_marker(MARKER) is None or plugin.ITEM_KEY not in other.stash:
+                continue
+            settings = other.stash[plugin.ITEM_KEY]
+            if settings.until_fail:
+                continue  # a hunt's runs depend on each other's outcome
+            for _interp, runs in plugin.planned_runs(other, settings):
+                self.submit(other, settings, runs)
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        with self._lock:
+            servers = [s for s in self._servers.values() if s]
+            self._servers.clear()
+        for server in servers:
+            server.stop()
+
+
+def session_runs(config: pytest.Config) -> SessionRuns:
+    if RUNS_KEY not in config.stash:
+        from pytest_daemonexit import plugin
+
+        settings = config.stash[plugin.SESSION_KEY]
+        config.stash[RUNS_KEY] = SessionRuns(config, settings, plugin._signatures(config))
+    return config.stash[RUNS_KEY]
+
+
+def close(config: pytest.Config) -> None:
+    runs = config.stash.get(RUNS_KEY, None)
+    if runs is not None:
+        runs.close()
+        del config.stash[RUNS_KEY]

@@ -1,0 +1,550 @@
+"""The fork server: an interpreter that has paid for pytest once and forks one child per run.
+
+Spawning ``python -m pytest`` per run pays for the interpreter's start, pytest's imports,
+plugin discovery and argument parsing every time.  The server (a "zygote") does that once:
+it imports pytest and parses the session's command line into a configuration, without
+conftest files, without configuring plugins and without any thread, then forks a child per
+run.  The child takes the run's stdout, stderr and channel, loads the conftest files and
+the test module itself (their import-time threads and state are the run's own), configures
+pytest, runs the one test and returns from ``main``: the interpreter goes through its real
+finalization, as a spawned child does.
+
+Linux only (fork after ``exec`` of a single-threaded interpreter, ``SOCK_SEQPACKET``,
+``SCM_RIGHTS``).  The parent side (:class:`ForkServer`) is thread-safe; runs started through
+it are watched by ``runner.py`` like spawned ones.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import queue
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+
+#: Seconds the server may take to start (import pytest, parse, learn what configure imports).
+START_SECONDS = 60.0
+#: Seconds the server may take to answer a fork request.
+FORK_SECONDS = 30.0
+_MAX_MESSAGE = 1 << 20
+_BOOTSTRAP = (
+    "import sys; sys.path[0:1] = {head!r}; "
+    "{pkg!r} in sys.path or sys.path.append({pkg!r}); "
+    "from pytest_daemonexit.forkserver import main; main()"
+)
+
+
+class ForkServerError(RuntimeError):
+    """The server could not start or died; the message says why."""
+
+
+def available() -> bool:
+    """Where the fork server can run: Linux, with fork and descriptor passing."""
+    return (
+        sys.platform.startswith("linux")
+        and hasattr(os, "fork")
+        and hasattr(socket, "SOCK_SEQPACKET")
+        and hasattr(socket, "SCM_RIGHTS")
+    )
+
+
+def _send(sock: socket.socket, message: Mapping[str, Any], fds: Sequence[int] = ()) -> None:
+    data = json.dumps(message).encode("utf-8")
+    if fds:
+        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    else:
+        sock.sendall(data)
+
+
+def _receive(sock: socket.socket) -> Tuple[Optional[Dict[str, Any]], List[int]]:
+    """One message and the descriptors sent with it; (None, []) at end of stream."""
+    fds = array.array("i")
+    data, ancdata, _flags, _addr = sock.recvmsg(_MAX_MESSAGE, socket.CMSG_LEN(16 * fds.itemsize))
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+    if not data:
+        return None, list(fds)
+    return json.loads(data.decode("utf-8")), list(fds)
+
+
+def _returncode(status: int) -> int:
+    """``subprocess``'s convention: -N for death by signal N."""
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+# -- parent side ------------------------------------------------------------------------
+
+
+class ForkedChild:
+    """A run forked by the server: the parts of ``subprocess.Popen`` the runner uses."""
+
+    def __init__(self, server: ForkServer, pid: int) -> None:
+        self.server = server
+        self.pid = pid
+        self.returncode: Optional[int] = None
+        self._done = threading.Event()
+
+    def _exited(self, returncode: int) -> None:
+        self.returncode = returncode
+        self._done.set()
+
+    def poll(self) -> Optional[int]:
+        return self.returncode
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        if not self._done.wait(timeout):
+            raise subprocess.TimeoutExpired(f"forked child {self.pid}", timeout or 0.0)
+        assert self.returncode is not None
+        return self.returncode
+
+
+class ForkServer:
+    """One server process per interpreter, interpreter flags and command line."""
+
+    def __init__(
+        self,
+        *,
+        python: str,
+        python_flags: Sequence[str],
+        args: Sequence[str],
+        plugins: Sequence[str],
+        cwd: Optional[str],
+        env: Mapping[str, str],
+        sys_path0: Optional[str],
+        workdir: str,
+    ) -> None:
+        self.python = python
+        self.python_flags = tuple(python_flags)
+        self.args = tuple(args)
+        self.plugins = tuple(plugins)
+        self.cwd = cwd
+        self.env = dict(env)
+        self.sys_path0 = sys_path0
+        self.workdir = Path(workdir)
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self._sock: Optional[socket.socket] = None
+        self._lock = threading.Lock()  # one fork request at a time
+        self._replies: queue.Queue[Dict[str, Any]] = queue.Queue()
+        self._children: Dict[int, ForkedChild] = {}
+        self._early: Dict[int, int] = {}  # exits reported before the parent knew the pid
+        self._state = threading.Lock()
+        self._dead: Optional[str] = None
+        self.imported = 0  # modules the server imported after learning what configure needs
+
+    # The server is started lazily, by the first run that needs it.
+    def start(self) -> None:
+        from pytest_daemonexit import runner
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        user_noconftest = "--noconftest" in self.args
+        spec = {
+            "control_fd": theirs.fileno(),
+            # Conftest files are the run's own: the child loads them (run_session).
+            "args": [*self.args, *([] if user_noconftest else ["--noconftest"])],
+            "user_noconftest": user_noconftest,
+            "plugins": list(self.plugins),
+            "parent_pid": os.getpid(),
+            "workdir": str(self.workdir),
+        }
+        spec_path = self.workdir / "server.json"
+        spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        head = [] if self.sys_path0 is None else [self.sys_path0]
+        code = _BOOTSTRAP.format(head=head, pkg=runner.PACKAGE_PARENT)
+        argv = [self.python, "-X", "faulthandler", *self.python_flags, "-c", code, str(spec_path)]
+        try:
+            with open(self.workdir / "stdout", "wb") as out, open(
+                self.workdir / "stderr", "wb"
+            ) as err:
+                self.proc = subprocess.Popen(
+                    argv,
+                    cwd=self.cwd,
+                    env=self.env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    pass_fds=(theirs.fileno(),),
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            ours.close()
+            raise ForkServerError(f"cannot start {self.python}: {exc}") from None
+        finally:
+            theirs.close()
+        self._sock = ours
+        threading.Thread(target=self._read, name="daemonexit-forkserver", daemon=True).start()
+        try:
+            reply = self._replies.get(timeout=START_SECONDS)
+        except queue.Empty:
+            self.stop()
+            raise ForkServerError(f"did not start within {START_SECONDS:g} s") from None
+        if "error" in reply:
+            self.stop()
+            raise ForkServerError(str(reply["error"]))
+        self.imported = int(reply.get("imported") or 0)
+
+    def _read(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        while True:
+            try:
+                message, fds = _receive(sock)
+            except (OSError, ValueError):
+                message, fds = None, []
+            for fd in fds:
+                os.close(fd)
+            if message is None:
+                self._died("the fork server ended")
+                return
+            if "exited" in message:
+                pid, code = int(message["exited"]), int(message["returncode"])
+                with self._state:
+                    child = self._children.pop(pid, None)
+                    if child is None:
+                        self._early[pid] = code
+                if child is not None:
+                    child._exited(code)
+            else:
+                self._replies.put(message)
+
+    def _died(self, why: str) -> None:
+        stderr = ""
+        try:
+            stderr = (self.workdir / "stderr").read_text("utf-8", "replace")[-2000:]
+        except OSError:
+            pass
+        with self._state:
+            self._dead = why + (f"; its stderr ended with:\n{stderr}" if stderr.strip() else "")
+            orphans = list(self._children.values())
+            self._children.clear()
+        self._replies.put({"error": self._dead})
+        for child in orphans:
+            # The kernel killed them with the server (PR_SET_PDEATHSIG); their status is lost.
+            child._exited(-signal.SIGKILL)
+
+    @property
+    def alive(self) -> bool:
+        return self._dead is None and self.proc is not None and self.proc.poll() is None
+
+    def launch(self, spec_path: str, env: Mapping[str, str], fds: Sequence[int]) -> ForkedChild:
+        """Fork a child for the run described by ``spec_path``; ``fds`` are its channel,
+        stdout and stderr."""
+        with self._lock:
+            if not self.alive or self._sock is None:
+                raise ForkServerError(self._dead or "the fork server is not running")
+            _send(self._sock, {"op": "run", "spec": spec_path, "env": dict(env)}, fds)
+            try:
+                reply = self._replies.get(timeout=FORK_SECONDS)
+            except queue.Empty:
+                raise ForkServerError(
+                    f"no answer to a fork request in {FORK_SECONDS:g} s"
+                ) from None
+        if "error" in reply:
+            raise ForkServerError(str(reply["error"]))
+        child = ForkedChild(self, int(reply["pid"]))
+        with self._state:
+            code = self._early.pop(child.pid, None)
+            if code is None:
+                self._children[child.pid] = child
+        if code is not None:
+            child._exited(code)
+        return child
+
+    def stop(self) -> None:
+        """Stop the server (its children die with it: PR_SET_PDEATHSIG)."""
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                from pytest_daemonexit import processes
+
+                processes.kill_tree(self.proc.pid)
+                self.proc.wait(timeout=10)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+# -- server side ------------------------------------------------------------------------
+
+
+def _die_with_parent(parent: int) -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if parent and os.getppid() != parent:
+        os._exit(70)
+
+
+def _prepare(spec: Mapping[str, Any]) -> Any:
+    """pytest's configuration of the session's command line, without conftest files and
+    not yet configured (plugins' ``pytest_configure`` runs in each child)."""
+    from _pytest.config import _prepareconfig
+
+    return _prepareconfig(list(spec["args"]), [p for p in spec.get("plugins", ()) if p])
+
+
+def _learn_imports(config: Any, empty_dir: str) -> List[str]:
+    """Modules a session imports on its way (plugins import lazily: hypothesis at the
+    terminal summary, pdb, ...), found by a session that collects an empty directory in a
+    throwaway fork, so the server imports them once for every child.  The test's own
+    modules are never among them: nothing is collected."""
+    from _pytest.config import Config
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the throwaway fork
+        try:
+            os.close(read_fd)
+            before = set(sys.modules)
+            config.args, config.args_source = [empty_dir], Config.ArgsSource.ARGS
+            config.option.collectonly = True
+            config.hook.pytest_cmdline_main(config=config)
+            new = sorted(m for m in set(sys.modules) - before if m != "__main__")
+            os.write(write_fd, json.dumps(new).encode("utf-8"))
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    chunks = []
+    while True:
+        data = os.read(read_fd, 1 << 16)
+        if not data:
+            break
+        chunks.append(data)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    try:
+        names = json.loads(b"".join(chunks).decode("utf-8"))
+    except ValueError:
+        return []
+    return [str(n) for n in names]
+
+
+def _outside(module: Any, roots: Sequence[str]) -> bool:
+    path = getattr(module, "__file__", None) or ""
+    return not any(path.startswith(root + os.sep) for root in roots)
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any], List[int]]:
+    """The server's loop; returns (request, descriptors) in a forked child only."""
+    import gc
+    import importlib
+
+    from pytest_daemonexit import child
+
+    child.RUNNING = True  # the plugin in this configuration acts as in a child
+    try:
+        config = _prepare(spec)
+        roots = [str(config.rootpath), str(config.invocation_params.dir)]
+        imported = 0
+        empty = Path(spec["workdir"], "empty")
+        empty.mkdir(exist_ok=True)
+        for name in _learn_imports(config, str(empty)):
+            if name in sys.modules:
+                continue
+            try:
+                module = importlib.import_module(name)
+            except Exception:
+                continue
+            if not _outside(module, roots):
+                continue
+            imported += 1
+        if _threads() != 1:
+            raise ForkServerError(
+                f"{_threads()} threads after pytest's start (a plugin started one): "
+                "forking would leave them behind"
+            )
+        # No gc.freeze(): it would halve a child's cost (finalization's collection would
+        # not touch, hence not copy, the server's heap), but it changes when and how long
+        # the child's collections run, and with it the outcome of the races this plugin
+        # looks for (a daemon thread caught holding a stream's lock: 4/4 runs spawned,
+        # 0/4 forked from a frozen heap).
+        gc.collect()
+    except BaseException as exc:  # the parent falls back to spawn
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        text = f"{type(exc).__name__}: {'; '.join(lines)}"[:400]
+        _send(sock, {"error": f"cannot prepare pytest's configuration: {text}"})
+        raise SystemExit(0) from None
+    _CONFIG.append(config)
+    _become_subreaper()
+    _send(sock, {"ready": os.getpid(), "imported": imported})
+    children: Set[int] = set()
+    ticks = 0
+    while True:
+        ready = select.select([sock], [], [], 0.02)[0]
+        ticks += 1
+        orphans = ticks % 50 == 0
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if pid in children:
+                children.discard(pid)
+                orphans = True
+                try:
+                    _send(sock, {"exited": pid, "returncode": _returncode(status)})
+                except OSError:  # the parent is gone: end, leaving nothing behind
+                    _stop_orphans(children)
+                    raise SystemExit(0) from None
+        if orphans:
+            _stop_orphans(children)
+        if not ready:
+            continue
+        message, fds = _receive(sock)
+        if message is None or message.get("op") != "run":
+            for fd in fds:
+                os.close(fd)
+            _stop_orphans(children)
+            raise SystemExit(0)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            return message, fds
+        children.add(pid)
+        for fd in fds:
+            os.close(fd)
+        _send(sock, {"pid": pid})
+
+
+def _become_subreaper() -> None:
+    """Orphans of a child that died before its own reaper ran (a crash) come to us, not to
+    init.  A spawned child's are found by the run tag in their environment; a process a
+    forked child forked without exec has the server's environment, so it needs this."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def _stop_orphans(children: Set[int]) -> None:
+    """Kill every process that became ours without being a run's child: the leftovers of
+    a child that died (whose run has ended, or is ending, with that child's death)."""
+    from pytest_daemonexit import processes
+
+    me = os.getpid()
+    for pid, parent in processes.parents().items():
+        if parent == me and pid not in children:
+            processes.kill_tree(pid, group=False)
+
+
+#: The prepared configuration (set in the server; the forked child uses it).
+_CONFIG: List[Any] = []
+
+
+def _take_streams(stdout_fd: int, stderr_fd: int) -> None:
+    """Make the run's files the child's stdout and stderr, including every copy the server
+    made of its own (an ``os.dup`` of fd 1 or 2 kept by a plugin)."""
+    old = {name: os.fstat(fd) for name, fd in (("out", 1), ("err", 2))}
+    os.dup2(stdout_fd, 1)
+    os.dup2(stderr_fd, 2)
+    try:
+        fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = []
+    for fd in fds:
+        if fd <= 2 or fd in (stdout_fd, stderr_fd):
+            continue
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        for name, target in (("out", 1), ("err", 2)):
+            if (st.st_dev, st.st_ino) == (old[name].st_dev, old[name].st_ino):
+                os.dup2(target, fd)
+    os.close(stdout_fd)
+    os.close(stderr_fd)
+
+
+def run_session(config: Any, args: Sequence[str], plugins: Sequence[Any], noconftest: bool) -> int:
+    """In the forked child: what ``pytest.main(args)`` does after parsing, on the prepared
+    configuration: conftest files, configure, one session, unconfigure."""
+    from _pytest.config import Config
+
+    node = [a for a in args if not a.startswith("-")][-1:]
+    basetemp = next((a.split("=", 1)[1] for a in args if a.startswith("--basetemp=")), None)
+    if basetemp is not None:
+        config.option.basetemp = basetemp
+        config.known_args_namespace.basetemp = basetemp
+    config.args = list(node)
+    config.args_source = Config.ArgsSource.ARGS
+    config.known_args_namespace.file_or_dir = list(node)
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is not None and getattr(capman, "_global_capturing", None) is not None:
+        # The server's capture files are shared with every child: start this run's own.
+        capman._global_capturing = None
+        capman.start_global_capturing()
+        capman.suspend_global_capture()
+    for plugin in plugins:
+        if not isinstance(plugin, str):  # named plugins are already in the configuration
+            config.pluginmanager.register(plugin)
+    if not noconftest:
+        config.known_args_namespace.noconftest = False
+        config.option.noconftest = False
+        config.pytest_load_initial_conftests(early_config=config)
+    status = config.hook.pytest_cmdline_main(config=config)
+    return int(status)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    with open(args[0], encoding="utf-8") as f:
+        spec = json.load(f)
+    _die_with_parent(int(spec.get("parent_pid") or 0))
+    from pytest_daemonexit import injection
+
+    # First: pytest's imports register atexit callbacks (logging's, ...) that a spawned
+    # child registers after its last-callback marker; the slot keeps that order here.
+    injection.reserve_last_atexit()
+    sock = socket.socket(fileno=int(spec["control_fd"]))
+    server_pid = os.getpid()
+    request, fds = _serve(spec, sock)
+    # A forked child from here on: this run's descriptors, environment and session.
+    os.setsid()
+    channel_fd, stdout_fd, stderr_fd = fds
+    _take_streams(stdout_fd, stderr_fd)
+    os.environ.clear()
+    os.environ.update(request.get("env") or {})
+    from pytest_daemonexit import child
+
+    with open(request["spec"], encoding="utf-8") as f:
+        run_spec = json.load(f)
+    run_spec["channel_fd"] = channel_fd
+    run_spec["parent_pid"] = server_pid
+    noconftest = bool(spec.get("user_noconftest"))
+    child.run(
+        run_spec,
+        session=lambda args, plugins: run_session(_CONFIG[0], args, plugins, noconftest),
+    )
+    # Returning from main: the interpreter finalizes for real, as a spawned child does.

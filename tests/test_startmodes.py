@@ -1,0 +1,243 @@
+"""Start modes and concurrency: a forked child is as faithful as a spawned one, the fork
+server falls back and recovers, and --daemonexit-jobs does not change a single verdict."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Dict, List, Tuple
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the fork server runs on Linux"
+)
+
+#: Exit scenarios with one deterministic verdict each.
+SCENARIOS = """
+    import atexit, os, sys, threading, time, pytest
+
+    @pytest.mark.daemon_exit
+    def test_clean():
+        pass
+
+    @pytest.mark.daemon_exit
+    def test_exit_status():
+        atexit.register(os._exit, 3)
+
+    @pytest.mark.daemon_exit
+    def test_abort_at_exit():
+        atexit.register(os.abort)
+
+    @pytest.mark.daemon_exit(timeout=1)
+    def test_hang_at_exit():
+        t = threading.Thread(target=time.sleep, args=(600,), daemon=True)
+        t.start()
+        atexit.register(t.join)
+
+    @pytest.mark.daemon_exit
+    def test_exception_in_atexit():
+        def broken():
+            raise RuntimeError("flush failed at exit")
+        atexit.register(broken)
+
+    @pytest.mark.daemon_exit
+    def test_fails_itself():
+        assert 1 == 2
+
+    @pytest.mark.daemon_exit
+    def test_skips_itself():
+        pytest.skip("not here")
+
+    def _check(result):
+        assert (result.tmp_path / "done").read_text() == "written at exit"
+
+    @pytest.mark.daemon_exit(check=_check)
+    def test_data_written_at_exit(tmp_path):
+        atexit.register((tmp_path / "done").write_text, "written at exit")
+"""
+
+
+def _runs(pytester: pytest.Pytester, name: str = "report.json") -> List[Dict[str, Any]]:
+    runs: List[Dict[str, Any]] = json.loads((pytester.path / name).read_text())["runs"]
+    return runs
+
+
+def _verdicts(runs: List[Dict[str, Any]]) -> Dict[Tuple[str, str, int], Tuple[Any, ...]]:
+    return {
+        (r["nodeid"], r["policy"], r["round"]): (
+            r["verdict"],
+            tuple(r["classes"]),
+            r["phase"],
+            r["exit"]["returncode"],
+            r["test_outcome"],
+            r["seed"],
+        )
+        for r in runs
+    }
+
+
+def test_both_start_modes_give_the_same_verdicts(run, pytester):
+    run.write(SCENARIOS)
+    results = {}
+    for start in ("spawn", "forkserver"):
+        result = run(
+            f"--daemonexit-start={start}",
+            "--daemonexit-seed=11",
+            f"--daemonexit-report={start}.json",
+            "--daemonexit-jobs=1",
+        )
+        result.assert_outcomes(passed=2, failed=5, skipped=1)
+        runs = _runs(pytester, f"{start}.json")
+        assert {r["start"] for r in runs} == {start}
+        results[start] = _verdicts(runs)
+    assert results["spawn"] == results["forkserver"]
+    verdicts = {key[0].split("::")[1]: value[0] for key, value in results["spawn"].items()}
+    assert verdicts == {
+        "test_clean": "ok",
+        "test_exit_status": "EXIT_CODE",
+        "test_abort_at_exit": "FATAL_ERROR",
+        "test_hang_at_exit": "HANG",
+        "test_exception_in_atexit": "SHUTDOWN_EXCEPTION",
+        "test_fails_itself": "ok",
+        "test_skips_itself": "ok",
+        "test_data_written_at_exit": "ok",
+    }
+
+
+def test_jobs_do_not_change_verdicts_or_their_order(run, pytester):
+    run.write(SCENARIOS)
+    orders = {}
+    for jobs in (1, 2):
+        result = run(
+            f"--daemonexit-jobs={jobs}",
+            "--daemonexit-seed=3",
+            "--daemonexit-rounds=2",
+            f"--daemonexit-report=jobs{jobs}.json",
+        )
+        result.assert_outcomes(passed=2, failed=5, skipped=1)
+        runs = _runs(pytester, f"jobs{jobs}.json")
+        orders[jobs] = [((r["nodeid"], r["policy"], r["round"]), r["verdict"]) for r in runs]
+    assert orders[1] == orders[2]
+
+
+FAITHFUL_CONFTEST = """
+    import os, threading, time
+
+    IMPORTED_IN = os.getpid()
+    STARTED = threading.Thread(target=time.sleep, args=(600,), name="from-conftest", daemon=True)
+    STARTED.start()
+
+    def pytest_sessionstart(session):
+        os.environ["CONFTEST_SESSIONSTART"] = "yes"
+
+    def pytest_addoption(parser):
+        parser.addoption("--flavour", default="plain")
+"""
+
+FAITHFUL_TEST = """
+    import os, sys, threading, pytest
+    import conftest
+
+    @pytest.mark.daemon_exit(rounds=3)
+    def test_the_child_is_fresh(request):
+        # The conftest was imported by this very process, and its thread runs here.
+        assert conftest.IMPORTED_IN == os.getpid()
+        assert [t.name for t in threading.enumerate()] == ["MainThread", "from-conftest"]
+        assert os.environ["CONFTEST_SESSIONSTART"] == "yes"
+        assert request.config.getoption("--flavour") == "plain"
+        assert "test_it" in sys.modules and sys.modules["test_it"].__file__.endswith("test_it.py")
+"""
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_the_child_imports_conftest_and_test_module_itself(run, pytester, start):
+    pytester.makeconftest(FAITHFUL_CONFTEST)
+    run.write(FAITHFUL_TEST)
+    result = run(f"--daemonexit-start={start}", "--daemonexit-report=report.json")
+    result.assert_outcomes(passed=1)
+    runs = _runs(pytester)
+    assert len(runs) == 3 and {r["start"] for r in runs} == {start}
+
+
+def test_a_conftest_option_on_the_command_line_falls_back_to_spawn(run, pytester):
+    # The server parses the command line without conftest files, so it cannot know
+    # --flavour: the runs are spawned, with a note, and the test still passes.
+    pytester.makeconftest(FAITHFUL_CONFTEST)
+    run.write(FAITHFUL_TEST.replace('"plain"', '"sour"'))
+    result = run("--flavour=sour", "--daemonexit-start=forkserver", "--daemonexit-report=r.json")
+    result.assert_outcomes(passed=1)
+    assert {r["start"] for r in _runs(pytester, "r.json")} == {"spawn"}
+    result.stdout.fnmatch_lines(["*fork server * could not start*children were spawned*"])
+
+
+def test_a_plugin_that_starts_a_thread_at_import_falls_back_to_spawn(run, pytester):
+    pytester.makepyfile(
+        threadplugin="""
+        import threading, time
+        threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+        """
+    )
+    run.write("import pytest\n\n@pytest.mark.daemon_exit\ndef test_x():\n    pass\n")
+    result = run(
+        "-p", "threadplugin", "--daemonexit-report=r.json", "--daemonexit-start=forkserver"
+    )
+    result.assert_outcomes(passed=1)
+    assert {r["start"] for r in _runs(pytester, "r.json")} == {"spawn"}
+    result.stdout.fnmatch_lines(["*2 threads after pytest's start*children were spawned*"])
+
+
+def test_a_dead_fork_server_is_replaced(run, pytester):
+    run.write(
+        """
+        import os, signal, pytest
+
+        @pytest.mark.daemon_exit
+        def test_a_kills_its_server():
+            os.kill(os.getppid(), signal.SIGKILL)
+
+        @pytest.mark.daemon_exit
+        def test_b_runs_after():
+            pass
+        """
+    )
+    result = run("--daemonexit-report=r.json", "--daemonexit-jobs=1")
+    runs = {r["nodeid"].split("::")[1]: r for r in _runs(pytester, "r.json")}
+    # The first child dies with its server; the next test gets a new server.
+    assert runs["test_a_kills_its_server"]["exit"]["signal"] == "SIGKILL"
+    assert runs["test_b_runs_after"]["verdict"] == "ok"
+    assert runs["test_b_runs_after"]["start"] == "forkserver"
+    result.assert_outcomes(failed=1, passed=1)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--daemonexit-start=zygote", "expected one of auto, forkserver, spawn"),
+        ("--daemonexit-jobs=-2", "expected a whole number of concurrent runs >= 1, or auto"),
+        ("--daemonexit-jobs=two", "expected a whole number of concurrent runs >= 1, or auto"),
+    ],
+)
+def test_bad_start_and_jobs_values_are_usage_errors(run, option, message):
+    run.write("def test_x(): pass\n")
+    result = run(option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{option.split('=')[0]}=*{message}*"])
+
+
+def test_no_server_or_child_survives_the_session(run, pytester):
+    run.write(SCENARIOS)
+    run("--daemonexit-jobs=2").assert_outcomes(passed=2, failed=5, skipped=1)
+    leftovers = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        if str(pytester.path) in cmdline and "pytest_daemonexit" in cmdline:
+            leftovers.append((entry, cmdline.replace("\0", " ")[:200]))
+    assert leftovers == []
