@@ -332,13 +332,17 @@ CAPTURED_FLOOD = """
 """
 
 PARENT_PEAK = """
-    import resource, sys
+    import sys
 
     def pytest_sessionfinish(session):
         child = sys.modules.get("pytest_daemonexit.child")
         if not getattr(child, "RUNNING", False):  # the parent, not the child
+            # VmHWM, not ru_maxrss: that one keeps the peak of whatever process exec'd
+            # this one (here an xdist worker that may have grown large).
+            with open("/proc/self/status") as status:
+                peak = [line.split()[1] for line in status if line.startswith("VmHWM:")]
             with open({path!r}, "w") as f:
-                f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+                f.write(peak[0])
 """
 
 
