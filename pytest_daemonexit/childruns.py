@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import shutil
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Hashable, List, Optional, Sequence, Tuple
@@ -46,6 +47,10 @@ class Planned:
         return (self.nodeid, self.interp.path, self.policy.name, self.round)
 
 
+class RunCancelled(Exception):
+    """A run started ahead was cancelled before it began (the session ended)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Launched:
     evidence: Evidence
@@ -62,6 +67,7 @@ class SessionRuns:
         from pytest_daemonexit import forkserver, plugin, runpool
 
         self.config = config
+        self.session_dir, self._own_dir = plugin._session_dir(config)
         self.pool: RunPool = runpool.RunPool(plugin.jobs(config, settings))
         self.signatures = signatures
         self.start = plugin.start_mode(settings)
@@ -101,7 +107,7 @@ class SessionRuns:
             env = runner.child_environment()
             for name in _PER_RUN_ENV:
                 env.pop(name, None)
-            workdir = Path(plugin._session_dir(self.config), f"server-{len(self._servers)}")
+            workdir = Path(self.session_dir, f"server-{len(self._servers)}")
             server_args = list(args)
             if self.config.pluginmanager.has_plugin("cacheprovider"):
                 server_args += ["-o", f"cache_dir={workdir / 'cache'}"]
@@ -134,7 +140,9 @@ class SessionRuns:
 
         config = self.config
         interp = planned.interp
-        run_dir = plugin._run_dir(config, item)
+        if self.pool.cancel.is_set():  # the session is ending: nobody takes this result
+            raise RunCancelled(planned.nodeid)
+        run_dir = plugin._run_dir(self.session_dir, item)
         common = plugin._passthrough_args(config)
         if config.pluginmanager.has_plugin("xdist") and (
             interp.current or interp.has_plugin("xdist")
@@ -225,6 +233,8 @@ class SessionRuns:
             self._servers.clear()
         for server in servers:
             server.stop()
+        if self._own_dir:  # pytest's tmpdir plugin is off: nothing else removes it
+            shutil.rmtree(self.session_dir, ignore_errors=True)
 
 
 def session_runs(config: pytest.Config) -> SessionRuns:

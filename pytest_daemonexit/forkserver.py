@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
@@ -422,6 +423,9 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
         if message is None or message.get("op") != "run":
             for fd in fds:
                 os.close(fd)
+            # Orphans can reach us a moment after their parent was reaped: look twice.
+            _stop_orphans(children)
+            time.sleep(0.05)
             _stop_orphans(children)
             raise SystemExit(0)
         for stream in (sys.stdout, sys.stderr):

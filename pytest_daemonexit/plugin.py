@@ -376,19 +376,21 @@ def _node_arg(item: pytest.Item) -> str:
     return f"{item.path}::{suffix}" if suffix else str(item.path)
 
 
-def _session_dir(config: pytest.Config) -> Path:
-    """Where this session keeps its runs' files: pytest's basetemp (which pytest rotates)."""
+def _session_dir(config: pytest.Config) -> Tuple[Path, bool]:
+    """Where this session keeps its runs' files, and whether the plugin must remove it:
+    pytest's basetemp (which pytest rotates), else a private temporary directory.  Called
+    once, in the main thread: the first ``getbasetemp()`` recreates the directory."""
     try:
         base = config._tmp_path_factory.getbasetemp() / "daemonexit"  # type: ignore[attr-defined]
         base.mkdir(exist_ok=True)
+        return Path(base), False
     except (AttributeError, OSError):
-        base = Path(tempfile.gettempdir())
-    return Path(base)
+        return Path(tempfile.mkdtemp(prefix="daemonexit-session-")), True
 
 
-def _run_dir(config: pytest.Config, item: pytest.Item) -> str:
+def _run_dir(session_dir: Path, item: pytest.Item) -> str:
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.name)[:40]
-    return tempfile.mkdtemp(prefix=f"{name}-", dir=str(_session_dir(config)))
+    return tempfile.mkdtemp(prefix=f"{name}-", dir=str(session_dir))
 
 
 def reproduce_command(
@@ -725,7 +727,9 @@ def _reports(
     return built
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    # First: runs started ahead must stop before pytest's tmpdir plugin removes basetemp.
     if _in_child(session.config):
         return
     from pytest_daemonexit import childruns
