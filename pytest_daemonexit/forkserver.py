@@ -35,11 +35,6 @@ START_SECONDS = 60.0
 #: Seconds the server may take to answer a fork request.
 FORK_SECONDS = 30.0
 _MAX_MESSAGE = 1 << 20
-_BOOTSTRAP = (
-    "import sys; sys.path[0:1] = {head!r}; "
-    "{pkg!r} in sys.path or sys.path.append({pkg!r}); "
-    "from pytest_daemonexit.forkserver import main; main()"
-)
 
 
 class ForkServerError(RuntimeError):
@@ -160,9 +155,9 @@ class ForkServer:
         }
         spec_path = self.workdir / "server.json"
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
-        head = [] if self.sys_path0 is None else [self.sys_path0]
-        code = _BOOTSTRAP.format(head=head, pkg=runner.PACKAGE_PARENT)
-        argv = [self.python, "-X", "faulthandler", *self.python_flags, "-c", code, str(spec_path)]
+        argv = runner.interpreter_argv(
+            self.python, self.python_flags, self.sys_path0, "forkserver", str(spec_path)
+        )
         try:
             with open(self.workdir / "stdout", "wb") as out, open(
                 self.workdir / "stderr", "wb"

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from pytest_daemonexit import channel, processes
 from pytest_daemonexit.policies import Action
@@ -49,11 +49,21 @@ NATIVE_STACK_SECONDS = 8.0
 _BOOTSTRAP = (
     "import sys; sys.path[0:1] = {head!r}; "
     "{pkg!r} in sys.path or sys.path.append({pkg!r}); "
-    "from pytest_daemonexit.child import main; main()"
+    "from pytest_daemonexit.{module} import main; main()"
 )
 PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 #: sys.path[0] of this process before pytest inserted rootdirs into it.
 ORIGINAL_SYS_PATH0: Optional[str] = sys.path[0] if sys.path else None
+
+
+def interpreter_argv(
+    python: str, flags: Sequence[str], sys_path0: Optional[str], module: str, spec_path: str
+) -> List[str]:
+    """The command line of a child or fork server: ``pytest_daemonexit.<module>.main`` with
+    ``sys.path[0]`` as this process had it, and this package importable."""
+    head = [] if sys_path0 is None else [sys_path0]
+    code = _BOOTSTRAP.format(head=head, pkg=PACKAGE_PARENT, module=module)
+    return [python, "-X", "faulthandler", *flags, "-c", code, spec_path]
 
 
 def child_environment(
@@ -94,9 +104,7 @@ class RunRequest:
         return cls(mode="script", args=(path, *args), **kwargs)
 
     def argv(self, spec_path: str) -> List[str]:
-        head = [] if self.sys_path0 is None else [self.sys_path0]
-        code = _BOOTSTRAP.format(head=head, pkg=PACKAGE_PARENT)
-        return [self.python, "-X", "faulthandler", *self.python_flags, "-c", code, spec_path]
+        return interpreter_argv(self.python, self.python_flags, self.sys_path0, "child", spec_path)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,6 +30,25 @@ SUITE = """
         pass
 """
 
+#: The main thread joins a daemon thread that never ends: a hang whose innermost user
+#: frame is the join (line 8).
+HANG_AT_EXIT = """
+        import atexit, threading, time, pytest
+
+        def spin():
+            while True:
+                time.sleep(0.01)
+
+        def join_forever(t):
+            t.join()
+
+        @pytest.mark.daemon_exit(timeout=1)
+        def test_hangs():
+            t = threading.Thread(target=spin, daemon=True)
+            t.start()
+            atexit.register(join_forever, t)
+"""
+
 #: Every key of a run record and the types its value may have (the README's schema).
 RUN_KEYS: Dict[str, Any] = {
     "nodeid": str,
@@ -102,24 +121,7 @@ def test_json_report_has_one_valid_record_per_run(run, pytester, workers):
 
 
 def test_json_report_keeps_stacks_and_the_user_frame_of_a_hang(run, pytester):
-    run.write(
-        """
-        import atexit, threading, time, pytest
-
-        def spin():
-            while True:
-                time.sleep(0.01)
-
-        def join_forever(t):
-            t.join()
-
-        @pytest.mark.daemon_exit(timeout=1)
-        def test_hangs():
-            t = threading.Thread(target=spin, daemon=True)
-            t.start()
-            atexit.register(join_forever, t)
-        """
-    )
+    run.write(HANG_AT_EXIT)
     result = run("--daemonexit-report=report.json")
     result.assert_outcomes(failed=1)
     (record,) = _validate(json.loads((pytester.path / "report.json").read_text()))
@@ -161,22 +163,8 @@ def test_junit_xml_carries_the_verdict_as_properties(run, pytester):
 
 def test_github_annotation_points_at_the_users_frame(run, pytester, monkeypatch):
     run.write(
-        """
-        import atexit, threading, time, pytest
-
-        def spin():
-            while True:
-                time.sleep(0.01)
-
-        def join_forever(t):
-            t.join()
-
-        @pytest.mark.daemon_exit(timeout=1)
-        def test_hangs():
-            t = threading.Thread(target=spin, daemon=True)
-            t.start()
-            atexit.register(join_forever, t)
-
+        HANG_AT_EXIT
+        + """
         @pytest.mark.daemon_exit
         def test_exit_status():
             atexit.register(__import__("os")._exit, 4)
