@@ -32,6 +32,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 #: Seconds the server may take to start (import pytest, parse, learn what configure imports).
 START_SECONDS = 60.0
+#: Orphan sweeps, 10 ms apart, before a stopping server exits.
+_FINAL_SWEEPS = 50
 #: Seconds the server may take to answer a fork request.
 FORK_SECONDS = 30.0
 _MAX_MESSAGE = 1 << 20
@@ -418,10 +420,11 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
         if message is None or message.get("op") != "run":
             for fd in fds:
                 os.close(fd)
-            # Orphans can reach us a moment after their parent was reaped: look twice.
-            _stop_orphans(children)
-            time.sleep(0.05)
-            _stop_orphans(children)
+            # Orphans can reach us a while after their parent was reaped (a child dumping
+            # core): keep looking for a moment before leaving them to init.
+            for _ in range(_FINAL_SWEEPS):
+                _stop_orphans(children)
+                time.sleep(0.01)
             raise SystemExit(0)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
