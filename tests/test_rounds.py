@@ -26,6 +26,8 @@ COUNTED = """
 
 
 def _counted(run, pytester, fail_on):
+    # The counter numbers runs in the order they start: tests using it run one job at a
+    # time (with more, runs start concurrently and in any order).
     counter = pytester.path / "counter.txt"
     run.write(COUNTED.format(counter=str(counter), fail_on=tuple(fail_on)))
     return counter
@@ -33,7 +35,7 @@ def _counted(run, pytester, fail_on):
 
 def test_rounds_give_each_policy_a_failure_rate(run, pytester):
     counter = _counted(run, pytester, fail_on=(2, 4))
-    result = run("--daemonexit-rounds=4")
+    result = run("--daemonexit-rounds=4", "--daemonexit-jobs=1")
     result.assert_outcomes(failed=1)
     assert len(counter.read_text().splitlines()) == 4
     result.stdout.fnmatch_lines(
@@ -88,7 +90,7 @@ def test_until_fail_hunts_across_policies_and_stops_at_the_first_failure(run, py
 
 def test_until_fail_passes_when_the_hunt_finds_nothing(run, pytester):
     counter = _counted(run, pytester, fail_on=(5,))
-    result = run("--daemonexit-until-fail=3")
+    result = run("--daemonexit-until-fail=3", "--daemonexit-jobs=1")
     result.assert_outcomes(passed=1)
     assert len(counter.read_text().splitlines()) == 3
     result.stdout.fnmatch_lines(["test_it.py::test_x*baseline*3*0*0%*"])
