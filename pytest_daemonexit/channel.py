@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Dict, List
 
 #: Characters kept from each end of a long string in a record.  A test's reports carry the
@@ -56,6 +57,25 @@ class Writer:
             data = data[written:]
 
 
+#: Nesting our records never reach; deeper lines are garbage (a test wrote them to the
+#: channel's descriptor), refused before the decoder recurses into them: on CPython 3.8
+#: that recursion can take the C stack down with it instead of raising RecursionError.
+MAX_DEPTH = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _too_deep(line: bytes) -> bool:
+    if line.count(b"[") + line.count(b"{") <= MAX_DEPTH:
+        return False  # the common case: cannot be nested that deep
+    depth = 0
+    for char in _JSON_STRING.sub(b'""', line).translate(None, _NOT_BRACKETS):
+        depth += 1 if char in (0x5B, 0x7B) else -1
+        if depth > MAX_DEPTH:
+            return True
+    return False
+
+
 class Reader:
     """Parent side: feed bytes, get complete records back."""
 
@@ -74,6 +94,9 @@ class Reader:
         records = []
         for line in lines:
             if not line.strip():
+                continue
+            if _too_deep(line):
+                self.corrupt += 1
                 continue
             try:
                 record = json.loads(line.decode("ascii", "replace"))

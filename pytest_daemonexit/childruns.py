@@ -90,6 +90,14 @@ class SessionRuns:
 
         if self.start != "forkserver":
             return None
+        if "dev" in flags and interp.version < (3, 9):
+            # CPython 3.8's debug allocators (-X dev) meet corrupted blocks at interpreter
+            # clear in a forked child (SIGBUS): such runs are spawned.
+            note = "-X dev runs on CPython 3.8 are spawned (a forked child crashes at exit)"
+            with self._lock:
+                if note not in self.notes:
+                    self.notes.append(note)
+            return None
         key = (interp.path, flags, tuple(args))
         with self._lock:
             server = self._servers.get(key, False)
