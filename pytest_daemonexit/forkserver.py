@@ -538,6 +538,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     _take_streams(stdout_fd, stderr_fd)
     os.environ.clear()
     os.environ.update(request.get("env") or {})
+    from pytest_daemonexit import processes
+
+    run_tags = os.environ.get(processes.RUN_TAG, "")
+    if run_tags:
+        # What this child forks without exec keeps the server's environment: the name
+        # is how the parent finds it after a crash (processes.tagged).
+        processes.name_process(run_tags.split(",")[-1])
     from pytest_daemonexit import child
 
     with open(request["spec"], encoding="utf-8") as f:

@@ -79,10 +79,28 @@ def tag_environment(env: Dict[str, str]) -> str:
     return token
 
 
+def comm_tag(token: str) -> str:
+    """The process name (15 characters at most) a forked child takes for ``token``."""
+    return "dx" + token[:13]
+
+
+def name_process(token: str) -> None:
+    """Linux: name this process after the run (``PR_SET_NAME``).  A forked child does
+    this: its environment block is the fork server's, so a process it forks without exec
+    does not carry the run's environment tag, but does inherit this name."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, comm_tag(token).encode("ascii"), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def tagged(token: str) -> List[int]:
-    """Live processes whose environment carries ``token`` (Linux /proc; a zombie's
-    environment reads empty, so the dead are not listed)."""
+    """Live processes whose environment carries ``token``, or named after it (Linux
+    /proc; a zombie's environment reads empty, so the dead are not listed)."""
     needle = token.encode("ascii")
+    name = comm_tag(token).encode("ascii")
     found: List[int] = []
     try:
         entries = os.listdir("/proc")
@@ -93,6 +111,10 @@ def tagged(token: str) -> List[int]:
         if not entry.isdigit() or int(entry) == me:
             continue
         try:
+            with open(f"/proc/{entry}/comm", "rb") as f:
+                if f.read().strip() == name:
+                    found.append(int(entry))
+                    continue
             with open(f"/proc/{entry}/environ", "rb") as f:
                 environ = f.read()
         except OSError:
