@@ -191,11 +191,12 @@ def test_a_plugin_that_starts_a_thread_at_import_falls_back_to_spawn(run, pytest
 def test_a_dead_fork_server_is_replaced(run, pytester):
     run.write(
         """
-        import os, signal, pytest
+        import atexit, os, signal, pytest
 
         @pytest.mark.daemon_exit
         def test_a_kills_its_server():
-            os.kill(os.getppid(), signal.SIGKILL)
+            # At exit: the test's reports are all sent by then, whatever the timing.
+            atexit.register(os.kill, os.getppid(), signal.SIGKILL)
 
         @pytest.mark.daemon_exit
         def test_b_runs_after():
