@@ -36,13 +36,11 @@ def configure(config: pytest.Config, settings: Settings) -> None:
     if settings.report:
         problem = runrecords.check_writable(settings.report)
         if problem is not None:
-            spec_where = (
-                "--daemonexit-report"
-                if config.getoption("daemonexit_report") is not None
-                else "ini option daemonexit_report"
-            )
+            from pytest_daemonexit.plugin import _option_source
+
             raise pytest.UsageError(
-                f"{spec_where}={settings.report!r}: cannot write the report there: {problem}"
+                f"{_option_source(config, 'report')}={settings.report!r}: cannot write the "
+                f"report there: {problem}"
             )
         config.pluginmanager.register(
             ReportFile(config, settings, str(Path(settings.report).resolve())),

@@ -281,17 +281,6 @@ class ForkServer:
 # -- server side ------------------------------------------------------------------------
 
 
-def _die_with_parent(parent: int) -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if parent and os.getppid() != parent:
-        os._exit(70)
-
-
 def _prepare(spec: Mapping[str, Any]) -> Any:
     """pytest's configuration of the session's command line, without conftest files and
     not yet configured (plugins' ``pytest_configure`` runs in each child)."""
@@ -389,7 +378,6 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
         _send(sock, {"error": f"cannot prepare pytest's configuration: {text}"})
         raise SystemExit(0) from None
     _CONFIG.append(config)
-    _become_subreaper()
     _send(sock, {"ready": os.getpid(), "imported": imported})
     children: Set[int] = set()
     ticks = 0
@@ -436,18 +424,6 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
         for fd in fds:
             os.close(fd)
         _send(sock, {"pid": pid})
-
-
-def _become_subreaper() -> None:
-    """Orphans of a child that died before its own reaper ran (a crash) come to us, not to
-    init.  A spawned child's are found by the run tag in their environment; a process a
-    forked child forked without exec has the server's environment, so it needs this."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        pass
 
 
 def _stop_orphans(children: Set[int]) -> None:
@@ -523,8 +499,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     with open(args[0], encoding="utf-8") as f:
         spec = json.load(f)
-    _die_with_parent(int(spec.get("parent_pid") or 0))
-    from pytest_daemonexit import injection
+    from pytest_daemonexit import child, injection
+
+    # As a child does: die with pytest, and be the subreaper of what the forked children
+    # leave when they crash before their own reaper runs (_stop_orphans).
+    child._die_with_parent(int(spec.get("parent_pid") or 0))
 
     # First: pytest's imports register atexit callbacks (logging's, ...) that a spawned
     # child registers after its last-callback marker; the slot keeps that order here.
@@ -545,7 +524,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         # What this child forks without exec keeps the server's environment: the name
         # is how the parent finds it after a crash (processes.tagged).
         processes.name_process(run_tags.split(",")[-1])
-    from pytest_daemonexit import child
 
     with open(request["spec"], encoding="utf-8") as f:
         run_spec = json.load(f)
