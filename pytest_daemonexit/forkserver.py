@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Set, Tuple
 
 #: Seconds the server may take to start (import pytest, parse, learn what configure imports).
 START_SECONDS = 60.0
@@ -120,6 +120,8 @@ class ForkServer:
         env: Mapping[str, str],
         sys_path0: Optional[str],
         workdir: str,
+        imports_cache: Optional[str] = None,
+        key_args: Optional[Sequence[str]] = None,
     ) -> None:
         self.python = python
         self.python_flags = tuple(python_flags)
@@ -129,6 +131,10 @@ class ForkServer:
         self.env = dict(env)
         self.sys_path0 = sys_path0
         self.workdir = Path(workdir)
+        # Where the server remembers what a session imports lazily (pytest's cache).
+        self.imports_cache = imports_cache
+        # The command line without what changes every session (the server's cache_dir).
+        self.key_args = tuple(key_args if key_args is not None else args)
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self._sock: Optional[socket.socket] = None
         self._lock = threading.Lock()  # one fork request at a time
@@ -154,6 +160,8 @@ class ForkServer:
             "plugins": list(self.plugins),
             "parent_pid": os.getpid(),
             "workdir": str(self.workdir),
+            "imports_cache": self.imports_cache,
+            "key_args": list(self.key_args),
         }
         spec_path = self.workdir / "server.json"
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
@@ -325,6 +333,62 @@ def _learn_imports(config: Any, empty_dir: str) -> List[str]:
     return [str(n) for n in names]
 
 
+def _imports_key(config: Any, args: Sequence[str]) -> str:
+    """What the modules a session imports lazily depend on: the interpreter, the command
+    line, the ini file and the plugins' versions (never the tests: none is collected)."""
+    import hashlib
+
+    ini = ""
+    if config.inipath is not None:
+        try:
+            ini = Path(config.inipath).read_text("utf-8", "replace")
+        except OSError:
+            pass
+    dists = sorted(
+        f"{dist.metadata['name']}=={dist.version}"
+        for _plugin, dist in config.pluginmanager.list_plugin_distinfo()
+    )
+    parts = [sys.executable, sys.version, list(args), ini, dists]
+    return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
+
+
+def _cached_imports(path: str, key: str) -> Optional[List[str]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            entry = json.load(f).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(entry, list) or not all(isinstance(n, str) for n in entry):
+        return None
+    return entry
+
+
+def _store_imports(path: str, key: str, names: List[str]) -> None:
+    """Remember what was learned for the next session (the newest few command lines);
+    atomic, since xdist workers' servers share the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)
+        if not isinstance(entries, dict):
+            entries = {}
+    except (OSError, ValueError):
+        entries = {}
+    entries.pop(key, None)
+    entries[key] = names
+    entries = dict(list(entries.items())[-8:])
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(entries, f)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
 def _outside(module: Any, roots: Sequence[str]) -> bool:
     path = getattr(module, "__file__", None) or ""
     return not any(path.startswith(root + os.sep) for root in roots)
@@ -349,9 +413,16 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
         config = _prepare(spec)
         roots = [str(config.rootpath), str(config.invocation_params.dir)]
         imported = 0
-        empty = Path(spec["workdir"], "empty")
-        empty.mkdir(exist_ok=True)
-        for name in _learn_imports(config, str(empty)):
+        cache = spec.get("imports_cache")
+        key = _imports_key(config, spec.get("key_args") or spec["args"])
+        names = _cached_imports(cache, key) if cache else None
+        if names is None:
+            empty = Path(spec["workdir"], "empty")
+            empty.mkdir(exist_ok=True)
+            names = _learn_imports(config, str(empty))
+            if cache:
+                _store_imports(cache, key, names)
+        for name in names:
             if name in sys.modules:
                 continue
             try:
@@ -366,25 +437,41 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
                 f"{_threads()} threads after pytest's start (a plugin started one): "
                 "forking would leave them behind"
             )
-        # No gc.freeze(): it would halve a child's cost (finalization's collection would
-        # not touch, hence not copy, the server's heap), but it changes when and how long
-        # the child's collections run, and with it the outcome of the races this plugin
-        # looks for (a daemon thread caught holding a stream's lock: 4/4 runs spawned,
-        # 0/4 forked from a frozen heap).
+        # Everything the server made moves to the permanent generation: a child's
+        # collections, at pytest's session end and in finalization, then skip pytest's
+        # heap instead of walking it (and copying every page of it on write), which
+        # halves a run.  The test's own objects are made in the child and collected as
+        # in a spawned one; only the time finalization spends on pytest's objects, which
+        # a program outside pytest does not have, is gone.  With the default policies
+        # the examples' verdicts are the same as spawned (README, "Start modes").
         gc.collect()
+        gc.freeze()
     except BaseException as exc:  # the parent falls back to spawn
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         text = f"{type(exc).__name__}: {'; '.join(lines)}"[:400]
         _send(sock, {"error": f"cannot prepare pytest's configuration: {text}"})
         raise SystemExit(0) from None
     _CONFIG.append(config)
+    # A child's exit wakes the loop at once (its status is what the parent waits for).
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    signal.set_wakeup_fd(wake_w)
     _send(sock, {"ready": os.getpid(), "imported": imported})
     children: Set[int] = set()
-    ticks = 0
+    crashed = False  # a child died by a signal: its orphans may reach us late
+    next_sweep = time.monotonic() + 1.0
     while True:
-        ready = select.select([sock], [], [], 0.02)[0]
-        ticks += 1
-        orphans = ticks % 50 == 0
+        ready = select.select([sock.fileno(), wake_r], [], [], 1.0)[0]
+        if wake_r in ready:
+            try:
+                os.read(wake_r, 512)
+            except OSError:
+                pass
+        orphans = time.monotonic() >= next_sweep
+        if orphans:
+            next_sweep = time.monotonic() + 1.0
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -395,35 +482,51 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
             if pid in children:
                 children.discard(pid)
                 orphans = True
+                crashed = crashed or os.WIFSIGNALED(status)
                 try:
                     _send(sock, {"exited": pid, "returncode": _returncode(status)})
                 except OSError:  # the parent is gone: end, leaving nothing behind
                     _stop_orphans(children)
-                    raise SystemExit(0) from None
+                    _leave()
         if orphans:
             _stop_orphans(children)
-        if not ready:
+        if sock.fileno() not in ready:
             continue
         message, fds = _receive(sock)
         if message is None or message.get("op") != "run":
             for fd in fds:
                 os.close(fd)
-            # Orphans can reach us a while after their parent was reaped (a child dumping
-            # core): keep looking for a moment before leaving them to init.
-            for _ in range(_FINAL_SWEEPS):
+            # Orphans of a child killed by a signal can reach us a while after it was
+            # reaped (it was dumping core): then keep looking for a moment.
+            for _ in range(_FINAL_SWEEPS if crashed else 1):
                 _stop_orphans(children)
                 time.sleep(0.01)
-            raise SystemExit(0)
+            _leave()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         pid = os.fork()
         if pid == 0:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.close(wake_r)
+            os.close(wake_w)
             sock.close()
             return message, fds
         children.add(pid)
         for fd in fds:
             os.close(fd)
         _send(sock, {"pid": pid})
+
+
+def _leave() -> NoReturn:
+    """End the server.  Its own finalization would only make the parent wait (it walks
+    pytest's whole heap): nothing of the user's runs in the server."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(0)
 
 
 def _stop_orphans(children: Set[int]) -> None:

@@ -413,7 +413,10 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
             ready = select.select(fds, [], [], wait)[0]
             if watch.pidfd in ready and proc.poll() is None:
                 # A forked child: it has exited, its server reports the status shortly.
-                time.sleep(0.002)
+                try:
+                    proc.wait(timeout=0.05)
+                except subprocess.TimeoutExpired:
+                    pass
             if read_fd in ready:
                 data = os.read(read_fd, 1 << 16)
                 if not data:

@@ -56,6 +56,25 @@ SCENARIOS = """
     @pytest.mark.daemon_exit(check=_check)
     def test_data_written_at_exit(tmp_path):
         atexit.register((tmp_path / "done").write_text, "written at exit")
+
+    class _InACycle:
+        # Only the cyclic collector frees it, at exit; os.write and the fd outlive the
+        # modules' teardown.
+        def __init__(self, path):
+            self.cycle = self
+            self.fd = os.open(str(path), os.O_WRONLY | os.O_CREAT)
+            self.write = os.write
+
+        def __del__(self):
+            self.write(self.fd, b"finalized")
+
+    def _check_finalized(result):
+        assert (result.tmp_path / "finalized").read_text() == "finalized"
+
+    @pytest.mark.daemon_exit(check=_check_finalized)
+    def test_own_garbage_is_finalized_at_exit(tmp_path):
+        global KEPT
+        KEPT = _InACycle(tmp_path / "finalized")
 """
 
 
@@ -88,7 +107,7 @@ def test_both_start_modes_give_the_same_verdicts(run, pytester):
             f"--daemonexit-report={start}.json",
             "--daemonexit-jobs=1",
         )
-        result.assert_outcomes(passed=2, failed=5, skipped=1)
+        result.assert_outcomes(passed=3, failed=5, skipped=1)
         runs = _runs(pytester, f"{start}.json")
         assert {r["start"] for r in runs} == {start}
         results[start] = _verdicts(runs)
@@ -103,6 +122,7 @@ def test_both_start_modes_give_the_same_verdicts(run, pytester):
         "test_fails_itself": "ok",
         "test_skips_itself": "ok",
         "test_data_written_at_exit": "ok",
+        "test_own_garbage_is_finalized_at_exit": "ok",
     }
 
 
@@ -116,7 +136,7 @@ def test_jobs_do_not_change_verdicts_or_their_order(run, pytester):
             "--daemonexit-rounds=2",
             f"--daemonexit-report=jobs{jobs}.json",
         )
-        result.assert_outcomes(passed=2, failed=5, skipped=1)
+        result.assert_outcomes(passed=3, failed=5, skipped=1)
         runs = _runs(pytester, f"jobs{jobs}.json")
         orders[jobs] = [((r["nodeid"], r["policy"], r["round"]), r["verdict"]) for r in runs]
     assert orders[1] == orders[2]
@@ -137,7 +157,7 @@ FAITHFUL_CONFTEST = """
 """
 
 FAITHFUL_TEST = """
-    import os, sys, threading, pytest
+    import os, signal, sys, threading, pytest
     import conftest
 
     @pytest.mark.daemon_exit(rounds=3)
@@ -148,6 +168,9 @@ FAITHFUL_TEST = """
         assert os.environ["CONFTEST_SESSIONSTART"] == "yes"
         assert request.config.getoption("--flavour") == "plain"
         assert "test_it" in sys.modules and sys.modules["test_it"].__file__.endswith("test_it.py")
+        # Nothing of the fork server's signal handling is left in the child.
+        assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+        assert signal.set_wakeup_fd(-1) == -1
 """
 
 
@@ -159,6 +182,39 @@ def test_the_child_imports_conftest_and_test_module_itself(run, pytester, start)
     result.assert_outcomes(passed=1)
     runs = _runs(pytester)
     assert len(runs) == 3 and {r["start"] for r in runs} == {start}
+
+
+IMPORTS_CACHE = (".pytest_cache", "d", "daemonexit", "forkserver-imports.json")
+
+
+def test_the_server_keeps_what_a_session_imports_in_pytests_cache(run, pytester):
+    run.write("import pytest\n\n@pytest.mark.daemon_exit\ndef test_x():\n    pass\n")
+    cache = pytester.path.joinpath(*IMPORTS_CACHE)
+    for _ in range(2):
+        result = run("--daemonexit-start=forkserver", "--daemonexit-report=r.json")
+        result.assert_outcomes(passed=1)
+        assert {r["start"] for r in _runs(pytester, "r.json")} == {"forkserver"}
+    entries = json.loads(cache.read_text())
+    # Two sessions with one command line share one entry: nothing per-session is in its key.
+    assert len(entries) == 1
+    (names,) = entries.values()
+    assert names and all(isinstance(n, str) for n in names)
+    assert not {"test_it", "conftest"} & set(names)  # the project's modules are the run's own
+    run("-v", "--daemonexit-start=forkserver").assert_outcomes(passed=1)
+    assert len(json.loads(cache.read_text())) == 2
+
+
+def test_a_broken_imports_cache_is_learned_again(run, pytester):
+    run.write("import pytest\n\n@pytest.mark.daemon_exit\ndef test_x():\n    pass\n")
+    cache = pytester.path.joinpath(*IMPORTS_CACHE)
+    cache.parent.mkdir(parents=True)
+    for garbage in ("{not json", '["a list"]', '{"k": 3}'):
+        cache.write_text(garbage)
+        result = run("--daemonexit-start=forkserver", "--daemonexit-report=r.json")
+        result.assert_outcomes(passed=1)
+        assert {r["start"] for r in _runs(pytester, "r.json")} == {"forkserver"}
+        entries = json.loads(cache.read_text())
+        assert isinstance(entries, dict) and any(isinstance(v, list) for v in entries.values())
 
 
 def test_a_conftest_option_on_the_command_line_falls_back_to_spawn(run, pytester):
@@ -229,7 +285,7 @@ def test_bad_start_and_jobs_values_are_usage_errors(run, option, message):
 
 def test_no_server_or_child_survives_the_session(run, pytester):
     run.write(SCENARIOS)
-    run("--daemonexit-jobs=2").assert_outcomes(passed=2, failed=5, skipped=1)
+    run("--daemonexit-jobs=2").assert_outcomes(passed=3, failed=5, skipped=1)
     leftovers = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
