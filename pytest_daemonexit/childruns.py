@@ -79,6 +79,8 @@ class SessionRuns:
         self._lock = threading.Lock()
         self._restarts = 0
         self._index: Optional[Dict[str, int]] = None
+        self._prestarted = False
+        self._closed = threading.Event()
 
     # -- start modes ------------------------------------------------------------------
 
@@ -117,8 +119,15 @@ class SessionRuns:
                 env.pop(name, None)
             workdir = Path(self.session_dir, f"server-{len(self._servers)}")
             server_args = list(args)
+            imports_cache = None
+            cache = getattr(self.config, "cache", None)
             if self.config.pluginmanager.has_plugin("cacheprovider"):
                 server_args += ["-o", f"cache_dir={workdir / 'cache'}"]
+            if cache is not None:
+                try:
+                    imports_cache = str(cache.mkdir("daemonexit") / "forkserver-imports.json")
+                except OSError:
+                    pass
             new = forkserver.ForkServer(
                 python=interp.path,
                 python_flags=flags,
@@ -128,6 +137,8 @@ class SessionRuns:
                 env=env,
                 sys_path0=runner.ORIGINAL_SYS_PATH0,
                 workdir=str(workdir),
+                imports_cache=imports_cache,
+                key_args=args,
             )
             try:
                 new.start()
@@ -141,16 +152,11 @@ class SessionRuns:
             self._servers[key] = new
             return new
 
-    def execute(self, item: pytest.Item, settings: Settings, planned: Planned) -> Launched:
-        """Start one run, watch it to its end, judge it (thread-safe)."""
-        from pytest_daemonexit import childcoverage, forkserver, plugin, runner
-        from pytest_daemonexit.judge import judge
+    def _common_args(self, interp: Interpreter) -> List[str]:
+        """The child's command line before its basetemp and node id."""
+        from pytest_daemonexit import plugin
 
         config = self.config
-        interp = planned.interp
-        if self.pool.cancel.is_set():  # the session is ending: nobody takes this result
-            raise RunCancelled(planned.nodeid)
-        run_dir = plugin._run_dir(self.session_dir, item)
         common = plugin._passthrough_args(config)
         if config.pluginmanager.has_plugin("xdist") and (
             interp.current or interp.has_plugin("xdist")
@@ -162,6 +168,38 @@ class SessionRuns:
             # The child must not run pytest-cov: it would erase the session's data files.
             # It measures itself instead (childcoverage.py).
             common.append("--no-cov")
+        return common
+
+    def prestart(self, settings: Settings, interps: Tuple[Interpreter, ...]) -> None:
+        """Start the fork servers of a marked test's runs in the background, once per
+        session: their start overlaps the rest of collection and the tests before it."""
+        if self.start != "forkserver" or self._prestarted:
+            return
+        self._prestarted = True
+
+        def start() -> None:
+            for interp in interps:
+                try:
+                    self._server(interp, settings.python_flags(), self._common_args(interp))
+                except Exception:  # the run that needs the server starts it again
+                    pass
+            # A server dies with the thread that started it (PR_SET_PDEATHSIG acts on the
+            # parent thread): this one lives until the servers are stopped.
+            self._closed.wait()
+
+        threading.Thread(target=start, name="daemonexit-prestart", daemon=True).start()
+
+    def execute(self, item: pytest.Item, settings: Settings, planned: Planned) -> Launched:
+        """Start one run, watch it to its end, judge it (thread-safe)."""
+        from pytest_daemonexit import childcoverage, forkserver, plugin, runner
+        from pytest_daemonexit.judge import judge
+
+        config = self.config
+        interp = planned.interp
+        if self.pool.cancel.is_set():  # the session is ending: nobody takes this result
+            raise RunCancelled(planned.nodeid)
+        run_dir = plugin._run_dir(self.session_dir, item)
+        common = self._common_args(interp)
         flags = settings.python_flags()
         server = self._server(interp, flags, common)
         args = [*common, f"--basetemp={Path(run_dir, 'basetemp')}"]
@@ -241,6 +279,7 @@ class SessionRuns:
             self._servers.clear()
         for server in servers:
             server.stop()
+        self._closed.set()
         if self._own_dir:  # pytest's tmpdir plugin is off: nothing else removes it
             shutil.rmtree(self.session_dir, ignore_errors=True)
 

@@ -334,11 +334,23 @@ def pytest_make_collect_report(
                     node.stash[ITEM_KEY] = item_settings(node)
                 except SettingError as exc:
                     errors.append(str(exc))
+                else:
+                    _prestart(node)
         if errors:
             report.outcome = "failed"
             report.longrepr = "\n".join(errors)
             report.result = []
     return report
+
+
+def _prestart(item: pytest.Item) -> None:
+    """The first marked test collected starts the fork servers (a no-op after it)."""
+    config = item.config
+    if _in_child(config) or config.option.collectonly:
+        return
+    from pytest_daemonexit import childruns
+
+    childruns.session_runs(config).prestart(item.stash[ITEM_KEY], config.stash[INTERPRETERS_KEY])
 
 
 def _signatures(config: pytest.Config) -> Tuple[Signature, ...]:
