@@ -21,6 +21,7 @@ from typing import (
     Sequence,
     Set,
     Tuple,
+    Union,
 )
 
 import pytest
@@ -50,6 +51,8 @@ SIGNATURES_KEY = pytest.StashKey[Tuple["Signature", ...]]()
 POLICIES_KEY = pytest.StashKey[Dict[str, "Policy"]]()
 SEED_KEY = pytest.StashKey[int]()
 INTERPRETERS_KEY = pytest.StashKey[Tuple["Interpreter", ...]]()
+#: In a child: the module and names of the one test it runs (pytest_pycollect_makeitem).
+CHILD_TARGET_KEY = pytest.StashKey[Optional[Tuple[Path, Tuple[str, ...]]]]()
 SEED_CACHE_KEY = "daemonexit/seed"
 #: Options the replay command sets itself.
 _REPLAY_SET = {
@@ -341,6 +344,52 @@ def pytest_make_collect_report(
             report.longrepr = "\n".join(errors)
             report.result = []
     return report
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(
+    collector: Union[pytest.Module, pytest.Class], name: str, obj: object
+) -> Optional[List[Any]]:
+    """In a child, only the run's test is made an item: pytest would build every test of
+    the module (and parametrize each) to keep one, a cost per run that grows with the
+    module.  The module is still imported and set up whole."""
+    config = collector.config
+    if not _in_child(config):
+        return None
+    if CHILD_TARGET_KEY not in config.stash:
+        config.stash[CHILD_TARGET_KEY] = _child_target(config)
+    target = config.stash[CHILD_TARGET_KEY]
+    if target is None:
+        return None
+    path, names = target
+    chain: List[str] = []
+    node: Optional[Union[pytest.Item, pytest.Collector]] = collector
+    while node is not None and not isinstance(node, pytest.Module):
+        chain.insert(0, node.name)
+        node = node.parent
+    if node is None or len(chain) >= len(names):
+        return None
+    if node.path != path and node.path.resolve() != path.resolve():
+        return None
+    wanted = names[len(chain)]
+    if chain != list(names[: len(chain)]) or name == wanted:
+        return None
+    # A plugin may name an item unlike the attribute it comes from: then build them all.
+    if not hasattr(collector.obj, wanted):
+        return None
+    return []
+
+
+def _child_target(config: pytest.Config) -> Optional[Tuple[Path, Tuple[str, ...]]]:
+    """The module path and the names down to the function (``Class``, ``test``) of the
+    one node id a child runs; None when it runs something else."""
+    if len(config.args) != 1 or "::" not in config.args[0]:
+        return None
+    where, _, rest = config.args[0].partition("::")
+    names = tuple(rest.split("[", 1)[0].split("::"))
+    if not all(names):
+        return None
+    return Path(where), names
 
 
 def _prestart(item: pytest.Item) -> None:

@@ -184,6 +184,56 @@ def test_the_child_imports_conftest_and_test_module_itself(run, pytester, start)
     assert len(runs) == 3 and {r["start"] for r in runs} == {start}
 
 
+SELECTION = """
+    import pytest
+
+    pytestmark = pytest.mark.daemon_exit
+
+    def test_plain():
+        pass
+
+    def test_plain_longer_name():
+        raise AssertionError("not this one")
+
+    @pytest.mark.parametrize("value", ["a::b", "c[d]", "ok"])
+    def test_param(value):
+        assert value == "ok"
+
+    class TestBase:
+        def setup_method(self):
+            self.ready = True
+
+        def test_inherited(self):
+            assert self.ready and type(self).__name__ == "TestChild"
+
+    class TestChild(TestBase):
+        pass
+
+    class TestOuter:
+        class TestInner:
+            def test_nested(self):
+                pass
+"""
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_each_child_runs_exactly_its_own_test(run, pytester, start):
+    run.write(SELECTION)
+    result = run(f"--daemonexit-start={start}", "--daemonexit-report=r.json")
+    outcomes = {r["nodeid"].split("::", 1)[1]: r["test_outcome"] for r in _runs(pytester, "r.json")}
+    assert outcomes == {
+        "test_plain": "passed",
+        "test_plain_longer_name": "failed",
+        "test_param[a::b]": "failed",
+        "test_param[c[d]]": "failed",
+        "test_param[ok]": "passed",
+        "TestBase::test_inherited": "failed",
+        "TestChild::test_inherited": "passed",
+        "TestOuter::TestInner::test_nested": "passed",
+    }
+    result.assert_outcomes(passed=4, failed=4)
+
+
 IMPORTS_CACHE = (".pytest_cache", "d", "daemonexit", "forkserver-imports.json")
 
 
