@@ -544,9 +544,12 @@ def _stop_orphans(children: Set[int]) -> None:
     a child that died (whose run has ended, or is ending, with that child's death)."""
     from pytest_daemonexit import processes
 
-    me = os.getpid()
-    for pid, parent in processes.parents().items():
-        if parent == me and pid not in children:
+    mine = processes.own_children()
+    if mine is None:
+        me = os.getpid()
+        mine = [pid for pid, parent in processes.parents().items() if parent == me]
+    for pid in mine:
+        if pid not in children:
             processes.kill_tree(pid, group=False)
 
 

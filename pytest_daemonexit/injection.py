@@ -191,6 +191,20 @@ def make_reaper(fd: int) -> Callable[[], None]:
         _exc: Any = Exception,
     ) -> None:
         try:
+            # The common case, no child at all, without reading every process's stat:
+            # orphans come to us (subreaper), so no child means no descendant.
+            for tid in _listdir("/proc/self/task"):
+                handle = _open("/proc/self/task/" + tid + "/children", _rdonly)
+                try:
+                    if _read(handle, 64):
+                        break
+                finally:
+                    _close(handle)
+            else:
+                return
+        except _exc:
+            pass  # no children files (CONFIG_PROC_CHILDREN): scan /proc
+        try:
             entries = _listdir("/proc")
         except _exc:
             return

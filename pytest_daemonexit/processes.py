@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Dict, List, Set
+from typing import Dict, List, Optional, Set
 
 
 def parents() -> Dict[int, int]:
@@ -30,6 +30,25 @@ def parents() -> Dict[int, int]:
     return table
 
 
+def own_children() -> Optional[List[int]]:
+    """This process's children, from ``/proc/self/task/*/children`` (a few reads instead
+    of one per process); None where the kernel does not provide those files."""
+    if not os.path.exists(f"/proc/self/task/{os.getpid()}/children"):
+        return None
+    found: List[int] = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children", "rb") as f:
+                found.extend(int(pid) for pid in f.read().split())
+        except OSError:
+            continue  # that thread ended
+    return found
+
+
 def descendants(pid: int) -> List[int]:
     """Every live descendant of ``pid``, whatever session or group it moved to."""
     children: Dict[int, List[int]] = {}
@@ -45,6 +64,17 @@ def descendants(pid: int) -> List[int]:
                 found.append(child)
                 stack.append(child)
     return found
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL what is left in the process group ``pid`` led (its leader has been reaped:
+    its own children were reparented, so only the group can still name them)."""
+    if sys.platform == "win32":
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def kill_tree(pid: int, group: bool = True) -> None:

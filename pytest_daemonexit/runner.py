@@ -434,7 +434,7 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
         elif stopped is not None:
             native = _stop(proc, request, fault_path)
         else:
-            processes.kill_tree(proc.pid)  # leftovers in the child's process group
+            processes.kill_group(proc.pid)  # leftovers in the child's process group
         ended = time.monotonic()
         # Whatever the child wrote before it died is still in the pipe.
         while pipe_open and select.select([read_fd], [], [], 0)[0]:

@@ -89,6 +89,36 @@ def test_no_process_the_test_started_survives(run, pytester, test):
         result.assert_outcomes(passed=1)
 
 
+REAPED = """
+    import atexit, os, subprocess, sys, time, pytest
+
+    @pytest.mark.daemon_exit
+    def test_leaves_two_running_and_fails_at_exit():
+        for _ in range(2):
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        def broken():
+            raise RuntimeError("flush failed at exit")
+        atexit.register(broken)
+
+    @pytest.mark.daemon_exit
+    def test_leaves_nothing_and_fails_at_exit():
+        def broken():
+            raise RuntimeError("flush failed at exit")
+        atexit.register(broken)
+"""
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_the_child_kills_what_the_test_left_running_and_says_so(run, start):
+    run.write(REAPED)
+    result = run(f"--daemonexit-start={start}")
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    # One note, for the test that left two processes; none for the other.
+    assert out.count("process(es) the test started were still running") == 1
+    assert "2 process(es) the test started were still running at interpreter clear" in out
+
+
 ABRUPT = """
     import os, signal, sys, pytest
 
