@@ -407,7 +407,7 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
     import gc
     import importlib
 
-    from pytest_daemonexit import child
+    from pytest_daemonexit import child, pluginfixtures
 
     child.RUNNING = True  # the plugin in this configuration acts as in a child
     try:
@@ -433,6 +433,7 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
             if not _outside(module, roots):
                 continue
             imported += 1
+        pluginfixtures.scan(config.pluginmanager.get_plugins())
         if _threads() != 1:
             raise ForkServerError(
                 f"{_threads()} threads after pytest's start (a plugin started one): "
@@ -444,7 +445,7 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
         # halves a run.  The test's own objects are made in the child and collected as
         # in a spawned one; only the time finalization spends on pytest's objects, which
         # a program outside pytest does not have, is gone.  With the default policies
-        # the examples' verdicts are the same as spawned (README, "Start modes").
+        # the examples' verdicts are the same as spawned (README, "Known limitations").
         gc.collect()
         gc.freeze()
     except BaseException as exc:  # the parent falls back to spawn
@@ -587,6 +588,8 @@ def run_session(config: Any, args: Sequence[str], plugins: Sequence[Any], noconf
     configuration: conftest files, configure, one session, unconfigure."""
     from _pytest.config import Config
 
+    from pytest_daemonexit import pluginfixtures
+
     node = [a for a in args if not a.startswith("-")][-1:]
     basetemp = next((a.split("=", 1)[1] for a in args if a.startswith("--basetemp=")), None)
     if basetemp is not None:
@@ -608,6 +611,7 @@ def run_session(config: Any, args: Sequence[str], plugins: Sequence[Any], noconf
         config.known_args_namespace.noconftest = False
         config.option.noconftest = False
         config.pytest_load_initial_conftests(early_config=config)
+    pluginfixtures.use_scans()
     status = config.hook.pytest_cmdline_main(config=config)
     return int(status)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 from typing import Any, Dict, List, Tuple
 
 import pytest
@@ -232,6 +233,79 @@ def test_each_child_runs_exactly_its_own_test(run, pytester, start):
         "TestOuter::TestInner::test_nested": "passed",
     }
     result.assert_outcomes(passed=4, failed=4)
+
+
+BUILTIN_FIXTURES = """
+    import pytest
+
+    NAMES = [
+        "cache", "capsys", "capsysbinary", "capfd", "capfdbinary", "caplog",
+        "doctest_namespace", "monkeypatch", "pytestconfig", "record_property",
+        "record_xml_attribute", "record_testsuite_property", "recwarn", "tmp_path",
+        "tmp_path_factory", "tmpdir", "tmpdir_factory",
+    ]
+
+    @pytest.fixture
+    def from_conftest_or_module():
+        return "mine"
+
+    @pytest.mark.daemon_exit
+    @pytest.mark.parametrize("name", NAMES)
+    def test_fixture_is_there(request, from_conftest_or_module, name):
+        assert from_conftest_or_module == "mine"
+        request.getfixturevalue(name)
+"""
+
+
+#: A plugin module with fixtures of the kinds pytest finds in a module, one of them added to
+#: the module only when the plugin is configured (after the fork server looked at it).
+FIXTURE_PLUGIN = """
+    import sys
+
+    import pytest
+
+    @pytest.fixture
+    def from_plugin():
+        return "plugin"
+
+    @pytest.fixture(name="renamed_in_plugin", scope="session", params=[1])
+    def _hidden(request):
+        return request.param
+
+    @pytest.fixture(autouse=True)
+    def plugin_autouse(request):
+        request.node.plugin_autouse = True
+
+    def pytest_configure(config):
+        @pytest.fixture
+        def added_at_configure():
+            return "late"
+
+        sys.modules[__name__].added_at_configure = added_at_configure
+"""
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_builtin_plugin_and_own_fixtures_reach_the_child(run, pytester, start):
+    run.write(BUILTIN_FIXTURES)
+    pytester.makepyfile(
+        fixtureplugin=textwrap.dedent(FIXTURE_PLUGIN),
+        test_plugin=textwrap.dedent(
+            """
+            import pytest
+
+            @pytest.mark.daemon_exit
+            def test_plugin_fixtures(request, from_plugin, renamed_in_plugin, added_at_configure):
+                assert (from_plugin, renamed_in_plugin, added_at_configure) == ("plugin", 1, "late")
+                assert request.node.plugin_autouse
+            """
+        ),
+    )
+    result = run(
+        "-p", "fixtureplugin", f"--daemonexit-start={start}", "--daemonexit-report=r.json"
+    )
+    result.assert_outcomes(passed=18)
+    assert {r["start"] for r in _runs(pytester, "r.json")} == {start}
 
 
 IMPORTS_CACHE = (".pytest_cache", "d", "daemonexit", "forkserver-imports.json")
