@@ -131,6 +131,12 @@ def run(
         if spec["mode"] == "pytest":
             import pytest
 
+            if spec.get("pycache_prefix"):
+                # Set after pytest's own imports, which read the bytecode installed with
+                # them: from here on the test's modules and conftest files (rewritten by
+                # pytest) are compiled once for every run, not once per run.
+                sys.pycache_prefix = spec["pycache_prefix"]
+                sys.dont_write_bytecode = False
             plugins: List[Any] = [ChildReporter(writer)]
             plugins += [name for name in spec.get("plugins", ()) if name]
             args = list(spec["args"])

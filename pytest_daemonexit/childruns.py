@@ -81,6 +81,21 @@ class SessionRuns:
         self._index: Optional[Dict[str, int]] = None
         self._prestarted = False
         self._closed = threading.Event()
+        self.pycache_prefix = self._bytecode_dir()
+
+    def _bytecode_dir(self) -> Optional[str]:
+        """Where children keep bytecode when the environment forbids ``__pycache__``:
+        pytest's cache (kept between sessions), else the session's directory."""
+        from pytest_daemonexit import runner
+
+        candidate = Path(self.session_dir, "bytecode")
+        cache = getattr(self.config, "cache", None)
+        if cache is not None:
+            try:
+                candidate = cache.mkdir("daemonexit") / "bytecode"
+            except OSError:
+                pass
+        return runner.bytecode_cache_dir(runner.child_environment(), candidate)
 
     # -- start modes ------------------------------------------------------------------
 
@@ -223,6 +238,7 @@ class SessionRuns:
             seed=planned.seed,
             forkserver=server,
             cancel=self.pool.cancel,
+            pycache_prefix=self.pycache_prefix,
         )
         start = "spawn" if server is None else "forkserver"
         try:

@@ -76,6 +76,16 @@ def child_environment(
     return env
 
 
+def bytecode_cache_dir(env: Mapping[str, str], candidate: Path) -> Optional[str]:
+    """``candidate`` when a child with ``env`` would compile every module it imports from
+    source in every run (``PYTHONDONTWRITEBYTECODE``, common in CI images): its pytest then
+    keeps bytecode there, out of the source tree (``sys.pycache_prefix``).  None when the
+    child may write ``__pycache__`` as usual, or the user chose a prefix."""
+    if not env.get("PYTHONDONTWRITEBYTECODE") or env.get("PYTHONPYCACHEPREFIX"):
+        return None
+    return str(candidate)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunRequest:
     """One child run."""
@@ -98,6 +108,9 @@ class RunRequest:
     forkserver: Any = None
     #: A threading.Event: once set, the child is stopped and the run ends ("cancelled").
     cancel: Any = None
+    #: Where the child's pytest writes and reads bytecode (``sys.pycache_prefix``), when the
+    #: environment forbids writing it next to the sources (bytecode_cache_dir).
+    pycache_prefix: Optional[str] = None
 
     @classmethod
     def script(cls, path: str, *args: str, **kwargs: Any) -> RunRequest:
@@ -352,6 +365,7 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
         "parent_pid": os.getpid(),
         "plan": [a.to_json() for a in request.plan],
         "seed": request.seed,
+        "pycache_prefix": request.pycache_prefix,
     }
     storms = {a.phase: a for a in request.plan if a.do == "storm"}
     storm: Optional[_Storm] = None

@@ -422,3 +422,54 @@ def test_no_server_or_child_survives_the_session(run, pytester):
         if str(pytester.path) in cmdline and "pytest_daemonexit" in cmdline:
             leftovers.append((entry, cmdline.replace("\0", " ")[:200]))
     assert leftovers == []
+
+
+BYTECODE = """
+    import os
+    import sys
+
+    import pytest
+
+    import mylib
+
+    @pytest.mark.daemon_exit
+    @pytest.mark.parametrize("n", [1, 2])
+    def test_imports(n):
+        assert mylib.VALUE == 42
+        # What the test starts keeps the user's choice.
+        assert os.environ.get("PYTHONDONTWRITEBYTECODE") == os.environ.get("EXPECT_DWB")
+"""
+
+
+def _compiled(root: Any, name: str) -> List[str]:
+    return sorted(p.name for p in root.rglob(f"{name}.*.pyc"))
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_bytecode_is_kept_out_of_the_tree_when_the_environment_forbids_writing_it(
+    run, pytester, monkeypatch, start
+):
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setenv("EXPECT_DWB", "1")
+    monkeypatch.delenv("PYTHONPYCACHEPREFIX", raising=False)
+    pytester.makepyfile(mylib="VALUE = 42\n")
+    run.write(BYTECODE)
+    run(f"--daemonexit-start={start}").assert_outcomes(passed=2)
+    cache = pytester.path / ".pytest_cache" / "d" / "daemonexit" / "bytecode"
+    # The library and the (assertion-rewritten) test module are compiled once for all runs,
+    # in pytest's cache, and nothing is written next to the sources.
+    assert _compiled(cache, "mylib") == [f"mylib.{sys.implementation.cache_tag}.pyc"]
+    assert len(_compiled(cache, "test_it")) == 1
+    assert not list(pytester.path.glob("__pycache__"))
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_bytecode_goes_where_the_environment_says_otherwise(run, pytester, monkeypatch, start):
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+    monkeypatch.delenv("EXPECT_DWB", raising=False)
+    monkeypatch.delenv("PYTHONPYCACHEPREFIX", raising=False)
+    pytester.makepyfile(mylib="VALUE = 42\n")
+    run.write(BYTECODE)
+    run(f"--daemonexit-start={start}").assert_outcomes(passed=2)
+    assert _compiled(pytester.path / "__pycache__", "mylib")
+    assert not (pytester.path / ".pytest_cache" / "d" / "daemonexit" / "bytecode").exists()
