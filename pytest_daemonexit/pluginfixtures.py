@@ -1,26 +1,30 @@
 """Plugin modules' fixtures, looked for once in the fork server instead of in every child.
 
 At each session start pytest's fixture manager walks every attribute of every registered
-plugin module looking for fixtures (``FixtureManager.pytest_plugin_registered``, then
-``parsefactories``): a few hundred modules' worth of attributes, about a sixth of a forked
-run.  The server, which has the same plugin modules as every child it forks, sorts their
-attributes once: the ones that may define a fixture (or that pytest would warn about) and
-the inert ones (plain functions without attributes, strings, numbers, modules, plain
-classes).  In the child, pytest's own code parses a stand-in module that holds only the
-former, the very same objects, so fixtures, their order, scopes and warnings are what
-pytest would have found in the whole module.
+plugin looking for fixtures (``FixtureManager.pytest_plugin_registered``, then
+``parsefactories``): a thousand attributes, a fifth of a forked run.  The server, which has
+the same plugin modules as every child it forks, sorts their attributes once: the ones
+that may define a fixture (or that pytest would warn about) and the inert ones (strings,
+numbers, modules, functions without attributes, classes without fixture attributes,
+objects without a fixture marker or ``__wrapped__``).  In the child, pytest's own code
+parses a stand-in module that holds only the former, the very same objects, so fixtures,
+their order, scopes and warnings are what pytest would have found in the whole module.
+A plugin object (pytest looks its fixtures up on its class) whose class has nothing that
+may be a fixture is not parsed at all.
 
 A module that changed after the server looked at it (a plugin that adds a fixture to its
-module from ``pytest_configure``), or that computes its attributes (``__getattr__``,
-``__dir__``), is parsed whole, as pytest does.
+module from ``pytest_configure``), or that lists attributes it computes (``__dir__``), is
+parsed whole, as pytest does.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import inspect
+import operator
 import types
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 #: Attribute values that pytest never registers as, or warns about as, a fixture.
 _INERT_TYPES = (
@@ -34,27 +38,28 @@ _INERT_TYPES = (
     bool,
     type(None),
 )
-#: Markers that pytest's fixture decorator (any 8.x or 9.x) and wrappers leave on objects.
+#: Attributes of a class that make pytest look further (fixture markers, a wrapped chain).
 _FIXTURE_ATTRIBUTES = ("_pytestfixturefunction", "__wrapped__", "__pytest_wrapped__")
 
 
 class _Scanned:
     """One plugin module as the server found it."""
 
-    __slots__ = ("items", "module", "standin")
+    __slots__ = ("module", "names", "standin", "values")
 
     def __init__(self, module: types.ModuleType, standin: Optional[types.ModuleType]) -> None:
         self.module = module
-        # Every (name, value) of the module then: how the child tells it did not change.
-        self.items: Tuple[Tuple[str, Any], ...] = tuple(vars(module).items())
+        # Its names and values then: how the child tells it did not change.
+        namespace = vars(module)
+        self.names = tuple(namespace)
+        self.values = tuple(namespace.values())
         self.standin = standin  # None: nothing in it can be a fixture
 
     def unchanged(self) -> bool:
-        current = vars(self.module)
-        if len(current) != len(self.items):
-            return False
-        missing = object()
-        return all(current.get(name, missing) is value for name, value in self.items)
+        namespace = vars(self.module)
+        return tuple(namespace) == self.names and all(
+            map(operator.is_, namespace.values(), self.values)
+        )
 
 
 #: id(module) -> what the server found in it (filled in the server, read in its children).
@@ -62,16 +67,51 @@ _SCANNED: Dict[int, _Scanned] = {}
 
 
 def _may_be_fixture(value: Any) -> bool:
-    """False only for values that cannot be, wrap or hide a fixture."""
-    kind = type(value)
-    if kind in _INERT_TYPES:
+    """False only for values that cannot be, wrap or hide a fixture for pytest 8.1 to 9.x:
+    nothing along their ``__wrapped__`` chain is the fixture decorator's result or marked
+    by it, and they are no staticmethod or classmethod around such a thing."""
+    if type(value) in _INERT_TYPES:
         return False
-    if kind is types.FunctionType:
-        # The fixture decorator and functools.wraps leave attributes on a function.
-        return bool(value.__dict__)
-    if kind is type:
-        return any(name in vars(base) for base in value.__mro__ for name in _FIXTURE_ATTRIBUTES)
-    return True  # anything else is left to pytest
+    try:
+        if isinstance(value, (staticmethod, classmethod)):
+            return _may_be_fixture(value.__func__)
+        if isinstance(value, type) and _computes_attributes(type(value)):
+            return True
+        for _ in range(100):
+            if (
+                type(value).__name__ == "FixtureFunctionDefinition"
+                or getattr(value, "_pytestfixturefunction", None) is not None
+                or getattr(value, "__pytest_wrapped__", None) is not None
+            ):
+                return True
+            value = getattr(value, "__wrapped__", None)
+            if value is None:
+                return False
+    except Exception:  # an object that cannot be looked at: pytest looks at it
+        pass
+    return True  # a chain too long or broken: pytest looks at it
+
+
+def _computes_attributes(meta: type) -> bool:
+    """A metaclass that computes its classes' attributes (an Enum's only yields members)."""
+    if issubclass(meta, enum.EnumMeta) and meta.__getattribute__ is type.__getattribute__:
+        return False
+    return meta.__getattribute__ is not type.__getattribute__ or hasattr(meta, "__getattr__")
+
+
+def _class_may_have_fixtures(cls: type) -> bool:
+    """Whether a plugin object of this class may hold a fixture: pytest looks the object's
+    attributes up on its class, so any attribute of the hierarchy that may be one counts,
+    and so does a metaclass that computes attributes."""
+    if _computes_attributes(type(cls)):
+        return True
+    for base in cls.__mro__:
+        if base is object:
+            continue
+        for name, value in vars(base).items():
+            if name in _FIXTURE_ATTRIBUTES or _may_be_fixture(value):
+                return True
+    return False
 
 
 def _standin(module: types.ModuleType) -> Optional[types.ModuleType]:
@@ -85,15 +125,23 @@ def _standin(module: types.ModuleType) -> Optional[types.ModuleType]:
     return standin
 
 
+def _is_class(value: Any) -> bool:
+    try:
+        return isinstance(value, type)
+    except Exception:
+        return True
+
+
 def scan(plugins: List[Any]) -> int:
     """In the server: look at every plugin module once; returns how many were scanned."""
     _SCANNED.clear()
     for plugin in plugins:
         if not isinstance(plugin, types.ModuleType):
             continue  # plugin objects keep state of their own: parsed in the child
-        namespace = vars(plugin)
-        if "__getattr__" in namespace or "__dir__" in namespace:
-            continue  # computed attributes: dir() and getattr() are the module's own
+        if "__dir__" in vars(plugin):
+            # It lists attributes it computes (a module __getattr__ alone does not matter:
+            # pytest only looks up the names that dir() lists).
+            continue
         _SCANNED[id(plugin)] = _Scanned(plugin, _standin(plugin))
     return len(_SCANNED)
 
@@ -118,6 +166,8 @@ def use_scans() -> bool:
     if parameters != ["self", "plugin", "plugin_name"]:
         return False  # pytest 8.0 reads plugin.__file__ itself: leave it alone
 
+    classes: Dict[type, bool] = {}
+
     @functools.wraps(original)  # keeps any hookimpl options pytest put on it
     def pytest_plugin_registered(self: Any, plugin: Any, plugin_name: str) -> None:
         scanned = _SCANNED.get(id(plugin))
@@ -125,6 +175,15 @@ def use_scans() -> bool:
             if scanned.standin is None:
                 return
             plugin = scanned.standin
+        elif not isinstance(plugin, types.ModuleType) and not _is_class(plugin):
+            cls = type(plugin)
+            if cls not in classes:
+                try:
+                    classes[cls] = _class_may_have_fixtures(cls)
+                except Exception:
+                    classes[cls] = True
+            if not classes[cls]:
+                return
         original(self, plugin, plugin_name)
 
     FixtureManager.pytest_plugin_registered = pytest_plugin_registered  # type: ignore[method-assign]

@@ -258,7 +258,8 @@ BUILTIN_FIXTURES = """
 
 
 #: A plugin module with fixtures of the kinds pytest finds in a module, one of them added to
-#: the module only when the plugin is configured (after the fork server looked at it).
+#: the module only when the plugin is configured (after the fork server looked at it), and
+#: a plugin object with a fixture method.
 FIXTURE_PLUGIN = """
     import sys
 
@@ -276,12 +277,21 @@ FIXTURE_PLUGIN = """
     def plugin_autouse(request):
         request.node.plugin_autouse = True
 
+    def __getattr__(name):  # computed module attributes (PEP 562)
+        raise AttributeError(name)
+
+    class ObjectPlugin:
+        @pytest.fixture
+        def from_object(self):
+            return "object"
+
     def pytest_configure(config):
         @pytest.fixture
         def added_at_configure():
             return "late"
 
         sys.modules[__name__].added_at_configure = added_at_configure
+        config.pluginmanager.register(ObjectPlugin(), "objectplugin")
 """
 
 
@@ -295,8 +305,11 @@ def test_builtin_plugin_and_own_fixtures_reach_the_child(run, pytester, start):
             import pytest
 
             @pytest.mark.daemon_exit
-            def test_plugin_fixtures(request, from_plugin, renamed_in_plugin, added_at_configure):
-                assert (from_plugin, renamed_in_plugin, added_at_configure) == ("plugin", 1, "late")
+            def test_plugin_fixtures(
+                request, from_plugin, renamed_in_plugin, added_at_configure, from_object
+            ):
+                assert (from_plugin, renamed_in_plugin) == ("plugin", 1)
+                assert (added_at_configure, from_object) == ("late", "object")
                 assert request.node.plugin_autouse
             """
         ),
