@@ -94,9 +94,11 @@ def _may_be_fixture(value: Any) -> bool:
 
 def _computes_attributes(meta: type) -> bool:
     """A metaclass that computes its classes' attributes (an Enum's only yields members)."""
-    if issubclass(meta, enum.EnumMeta) and meta.__getattribute__ is type.__getattribute__:
+    plain = vars(type)["__getattribute__"]
+    own = getattr(meta, "__getattribute__", plain)
+    if issubclass(meta, enum.EnumMeta) and own is plain:
         return False
-    return meta.__getattribute__ is not type.__getattribute__ or hasattr(meta, "__getattr__")
+    return own is not plain or hasattr(meta, "__getattr__")
 
 
 def _class_may_have_fixtures(cls: type) -> bool:
