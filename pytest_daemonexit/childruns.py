@@ -81,6 +81,8 @@ class SessionRuns:
         self._index: Optional[Dict[str, int]] = None
         self._prestarted = False
         self._closed = threading.Event()
+        self._closing = threading.Event()
+        self._starting: List[ForkServer] = []  # being started (under self._lock)
         self.pycache_prefix = self._bytecode_dir()
 
     def _bytecode_dir(self) -> Optional[str]:
@@ -155,15 +157,21 @@ class SessionRuns:
                 imports_cache=imports_cache,
                 key_args=args,
             )
+            self._starting.append(new)
             try:
+                if self._closing.is_set():
+                    raise forkserver.ForkServerError("the session is ending")
                 new.start()
             except forkserver.ForkServerError as exc:
-                self.notes.append(
-                    f"the fork server for {interp.path} could not start ({exc}): its children "
-                    "were spawned"
-                )
+                if not self._closing.is_set():
+                    self.notes.append(
+                        f"the fork server for {interp.path} could not start ({exc}): its "
+                        "children were spawned"
+                    )
                 self._servers[key] = None
                 return None
+            finally:
+                self._starting.remove(new)
             self._servers[key] = new
             return new
 
@@ -289,6 +297,9 @@ class SessionRuns:
                 self.submit(other, settings, runs)
 
     def close(self) -> None:
+        self._closing.set()
+        for starting in list(self._starting):
+            starting.abort()  # not needed any more: do not wait for its start
         self.pool.shutdown()
         with self._lock:
             servers = [s for s in self._servers.values() if s]

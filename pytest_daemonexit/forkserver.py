@@ -145,6 +145,7 @@ class ForkServer:
         self._state = threading.Lock()
         self._dead: Optional[str] = None
         self.imported = 0  # modules the server imported after learning what configure needs
+        self._aborted = False
 
     # The server is started lazily, by the first run that needs it.
     def start(self) -> None:
@@ -190,6 +191,8 @@ class ForkServer:
             theirs.close()
         self._sock = ours
         threading.Thread(target=self._read, name="daemonexit-forkserver", daemon=True).start()
+        if self._aborted:
+            self.abort()
         try:
             reply = self._replies.get(timeout=START_SECONDS)
         except queue.Empty:
@@ -266,6 +269,16 @@ class ForkServer:
         if code is not None:
             child._exited(code)
         return child
+
+    def abort(self) -> None:
+        """Kill a server that is still starting (nobody will use it): ``start`` then
+        raises at once instead of waiting for pytest's imports."""
+        self._aborted = True
+        if self.proc is not None and self.proc.poll() is None:
+            from pytest_daemonexit import processes
+
+            processes.kill_tree(self.proc.pid)
+        self._replies.put({"error": "stopped while it started"})
 
     def stop(self) -> None:
         """Stop the server (its children die with it: PR_SET_PDEATHSIG)."""

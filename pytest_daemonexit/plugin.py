@@ -54,6 +54,8 @@ INTERPRETERS_KEY = pytest.StashKey[Tuple["Interpreter", ...]]()
 #: In a child: the module and names of the one test it runs (pytest_pycollect_makeitem).
 CHILD_TARGET_KEY = pytest.StashKey[Optional[Tuple[Path, Tuple[str, ...]]]]()
 SEED_CACHE_KEY = "daemonexit/seed"
+#: Whether the last session that collected tests had marked ones (starts servers early).
+MARKED_CACHE_KEY = "daemonexit/marked"
 #: Options the replay command sets itself.
 _REPLAY_SET = {
     "--daemonexit-seed": True,
@@ -395,11 +397,55 @@ def _child_target(config: pytest.Config) -> Optional[Tuple[Path, Tuple[str, ...]
 def _prestart(item: pytest.Item) -> None:
     """The first marked test collected starts the fork servers (a no-op after it)."""
     config = item.config
-    if _in_child(config) or config.option.collectonly:
+    if not _may_run_children(config):
         return
     from pytest_daemonexit import childruns
 
     childruns.session_runs(config).prestart(item.stash[ITEM_KEY], config.stash[INTERPRETERS_KEY])
+
+
+def _may_run_children(config: pytest.Config) -> bool:
+    """False where no marked test will run a child: in a child, an xdist controller,
+    ``--collect-only``, ``--fixtures``, a debugger (marked tests are skipped)."""
+    return not (
+        _in_child(config)
+        or config.option.collectonly
+        or getattr(config.option, "showfixtures", False)
+        or getattr(config.option, "show_fixtures_per_test", False)
+        or any(config.getoption(o, False) for o in ("usepdb", "trace"))
+        or (getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput"))
+    )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """When the last session of this project had marked tests, its fork servers start
+    now, while pytest collects, instead of once the first marked test is collected."""
+    config = session.config
+    cache = getattr(config, "cache", None)
+    if cache is None or not _may_run_children(config):
+        return
+    if cache.get(MARKED_CACHE_KEY, False) is not True:
+        return
+    from pytest_daemonexit import childruns
+
+    runs = childruns.session_runs(config)
+    runs.prestart(config.stash[SESSION_KEY], config.stash[INTERPRETERS_KEY])
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    config = session.config
+    if _in_child(config) or not session.items:
+        return
+    marked = any(item.get_closest_marker(MARKER) is not None for item in session.items)
+    cache = getattr(config, "cache", None)
+    if cache is not None and cache.get(MARKED_CACHE_KEY, None) is not marked:
+        cache.set(MARKED_CACHE_KEY, marked)
+    if not marked:
+        from pytest_daemonexit import childruns
+
+        # Servers started at session start, or for marked tests then deselected, are not
+        # needed: free their cores now.
+        childruns.close(config)
 
 
 def _signatures(config: pytest.Config) -> Tuple[Signature, ...]:

@@ -420,9 +420,8 @@ def test_bad_start_and_jobs_values_are_usage_errors(run, option, message):
     result.stderr.fnmatch_lines([f"*{option.split('=')[0]}=*{message}*"])
 
 
-def test_no_server_or_child_survives_the_session(run, pytester):
-    run.write(SCENARIOS)
-    run("--daemonexit-jobs=2").assert_outcomes(passed=3, failed=5, skipped=1)
+def _leftovers(pytester: pytest.Pytester) -> List[Tuple[str, str]]:
+    """Processes of the plugin still running for this test's project."""
     leftovers = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -434,7 +433,68 @@ def test_no_server_or_child_survives_the_session(run, pytester):
             continue
         if str(pytester.path) in cmdline and "pytest_daemonexit" in cmdline:
             leftovers.append((entry, cmdline.replace("\0", " ")[:200]))
-    assert leftovers == []
+    return leftovers
+
+
+def test_no_server_or_child_survives_the_session(run, pytester):
+    run.write(SCENARIOS)
+    run("--daemonexit-jobs=2").assert_outcomes(passed=3, failed=5, skipped=1)
+    assert _leftovers(pytester) == []
+
+
+MIXED = """
+    import pytest
+
+    @pytest.mark.daemon_exit
+    def test_marked():
+        pass
+
+    def test_unmarked():
+        pass
+"""
+
+
+def test_servers_start_with_the_session_when_the_last_one_had_marked_tests(run, pytester):
+    run.write(MIXED)
+    pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
+    marked = pytester.path / ".pytest_cache" / "v" / "daemonexit" / "marked"
+
+    def servers_started(*args: str) -> Tuple[pytest.RunResult, int]:
+        pattern = "runpytest-[0-9]*/daemonexit/server-*/server.json"
+        before = len(list(pytester.path.glob(pattern)))
+        result = run("--daemonexit-start=forkserver", *args)
+        return result, len(list(pytester.path.glob(pattern))) - before
+
+    # No marked test collected: the flag says so, and no server starts.
+    result, started = servers_started("test_plain.py")
+    result.assert_outcomes(passed=1)
+    assert (json.loads(marked.read_text()), started) == (False, 0)
+
+    # The first session with marked tests starts its server when it collects one.
+    result, started = servers_started()
+    result.assert_outcomes(passed=3)
+    assert (json.loads(marked.read_text()), started) == (True, 1)
+
+    # The next one starts it with the session: when it then collects no marked test, the
+    # server is stopped at once, with no note, and nothing is left running.
+    result, started = servers_started("test_plain.py")
+    result.assert_outcomes(passed=1)
+    assert (json.loads(marked.read_text()), started) == (False, 1)
+    result.stdout.no_fnmatch_line("*fork server*")
+    assert _leftovers(pytester) == []
+
+    # A session with marked tests uses the server it started early, and only that one;
+    # marked tests all deselected stop it too.
+    servers_started()
+    result, started = servers_started("--daemonexit-report=r.json")
+    result.assert_outcomes(passed=3)
+    assert started == 1
+    result.stdout.no_fnmatch_line("*fork server*")
+    assert {r["start"] for r in _runs(pytester, "r.json")} == {"forkserver"}
+    result, started = servers_started("-k", "not test_marked")
+    result.assert_outcomes(passed=2)
+    result.stdout.no_fnmatch_line("*fork server*")
+    assert _leftovers(pytester) == []
 
 
 BYTECODE = """
