@@ -5,8 +5,11 @@ round-robin with a rotating order, so machine noise hits all of them alike, and 
 are taken per round (the variants of a round shared the machine's state), then the median
 over rounds.
 
-By default the script builds a throwaway virtualenv with this repository installed
-(``pip install -e``), pytest and hypothesis, so pytest's plugin autoload loads both
+By default the script builds a throwaway virtualenv with this repository installed as a
+user installs it (``pip install .``, not ``-e``: an editable install's import hook runs in
+every interpreter the venv starts, ``python -c pass`` included, which made it 2.5 times
+slower here and the ratios look better than they are), pytest and hypothesis, so pytest's
+plugin autoload loads both
 daemonexit and hypothesis' plugin, as in a real project; everything runs from it with
 autoload on. PYTEST_DISABLE_PLUGIN_AUTOLOAD, PYTEST_ADDOPTS and PYTEST_PLUGINS are removed
 from the environment, and so is PYTHONDONTWRITEBYTECODE: a warm-up round writes the
@@ -32,7 +35,10 @@ The variants, one subprocess each (wall time on this process's clock):
                          (its start is paid once per session, so it is in the per-run
                          overhead divided by N).
   N marked, forkserver,  the same with ``-p no:cacheprovider``, as in a fresh checkout: the
-  no cache               server learns again which modules a session imports lazily.
+  no cache               server learns again which modules a session imports lazily (and
+                         starts with the first marked test, not with the session).
+  N marked, forkserver,  the same with ``--daemonexit-jobs=auto``, the default: one child
+  default jobs           per usable core, what a user's session gets (wall time per run).
 
   Per-run overhead = (N marked - N unmarked) / N, per round. It is compared with
   ``python -c pass``; the project's target is a median <= 3x ``python -c pass`` in a venv
@@ -211,12 +217,15 @@ def make_venv(directory: Path, base: str, reuse: bool) -> Tuple[str, bool]:
     if reuse and python.exists():
         done = subprocess.run([str(python), "-c", check], capture_output=True, check=False)
         if done.returncode == 0:
+            # The repository may have changed since: install this checkout again.
+            pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+            run_checked([*pip, "--no-deps", "--force-reinstall", str(REPO)], "reinstalling")
             return str(python), False
     if directory.exists():
         shutil.rmtree(directory)
     run_checked([base, "-m", "venv", str(directory)], "creating a venv")
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    run_checked([*pip, "-e", str(REPO), "pytest", "hypothesis"], f"installing into {directory}")
+    run_checked([*pip, str(REPO), "pytest", "hypothesis"], f"installing into {directory}")
     return str(python), True
 
 
@@ -584,6 +593,13 @@ def bench(
         session("N marked, spawn", [], "test_marked.py", n, "spawn"),
         session("N marked, forkserver", [], "test_marked.py", n, "forkserver"),
         session(
+            "N marked, forkserver, default jobs",
+            ["--daemonexit-jobs=auto"],
+            "test_marked.py",
+            n,
+            "forkserver",
+        ),
+        session(
             "N marked, forkserver, no cache",
             ["-p", "no:cacheprovider"],
             "test_marked.py",
@@ -687,7 +703,7 @@ def report(
         "\n   (target: median per-run overhead <= 3x python -c pass)"
     )
     rows = []
-    for start in ("spawn", "forkserver", "forkserver, no cache"):
+    for start in ("spawn", "forkserver", "forkserver, no cache", "forkserver, default jobs"):
         over = per_run(samples, f"N marked, {start}", "N unmarked", n)
         ratio = paired(over, unit, lambda x, y: x / y)
         durations = [statistics.median(s.durations) for s in samples[f"N marked, {start}"]]
