@@ -156,6 +156,7 @@ class SessionRuns:
                 workdir=str(workdir),
                 imports_cache=imports_cache,
                 key_args=args,
+                pycache_prefix=self.pycache_prefix,
             )
             self._starting.append(new)
             try:

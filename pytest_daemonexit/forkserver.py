@@ -123,6 +123,7 @@ class ForkServer:
         workdir: str,
         imports_cache: Optional[str] = None,
         key_args: Optional[Sequence[str]] = None,
+        pycache_prefix: Optional[str] = None,
     ) -> None:
         self.python = python
         self.python_flags = tuple(python_flags)
@@ -136,6 +137,9 @@ class ForkServer:
         self.imports_cache = imports_cache
         # The command line without what changes every session (the server's cache_dir).
         self.key_args = tuple(key_args if key_args is not None else args)
+        # Where pytest keeps the bytecode it rewrites, when the environment forbids
+        # __pycache__ (runner.bytecode_cache_dir).
+        self.pycache_prefix = pycache_prefix
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self._sock: Optional[socket.socket] = None
         self._lock = threading.Lock()  # one fork request at a time
@@ -164,6 +168,7 @@ class ForkServer:
             "workdir": str(self.workdir),
             "imports_cache": self.imports_cache,
             "key_args": list(self.key_args),
+            "pycache_prefix": self.pycache_prefix,
         }
         spec_path = self.workdir / "server.json"
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
@@ -424,6 +429,16 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
 
     child.RUNNING = True  # the plugin in this configuration acts as in a child
     try:
+        if spec.get("pycache_prefix"):
+            # pytest rewrites the asserts of every module of a plugin's distribution
+            # (hypothesis' ~70) and caches the result beside the bytecode: where the
+            # environment forbids writing it, every server would rewrite them again
+            # (0.5 s).  Set after pytest's own imports, which read the bytecode installed
+            # with them, as in a child (child.run).
+            import pytest  # noqa: F401
+
+            sys.pycache_prefix = spec["pycache_prefix"]
+            sys.dont_write_bytecode = False
         config = _prepare(spec)
         roots = [str(config.rootpath), str(config.invocation_params.dir)]
         imported = 0

@@ -525,14 +525,19 @@ def test_bytecode_is_kept_out_of_the_tree_when_the_environment_forbids_writing_i
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     monkeypatch.setenv("EXPECT_DWB", "1")
     monkeypatch.delenv("PYTHONPYCACHEPREFIX", raising=False)
-    pytester.makepyfile(mylib="VALUE = 42\n")
+    pytester.makepyfile(mylib="VALUE = 42\n", myplugin="def pytest_configure(config):\n    pass\n")
     run.write(BYTECODE)
-    run(f"--daemonexit-start={start}").assert_outcomes(passed=2)
+    run(f"--daemonexit-start={start}", "-p", "myplugin").assert_outcomes(passed=2)
     cache = pytester.path / ".pytest_cache" / "d" / "daemonexit" / "bytecode"
     # The library and the (assertion-rewritten) test module are compiled once for all runs,
     # in pytest's cache, and nothing is written next to the sources.
     assert _compiled(cache, "mylib") == [f"mylib.{sys.implementation.cache_tag}.pyc"]
     assert len(_compiled(cache, "test_it")) == 1
+    # So is a plugin module, which pytest rewrites too (in the fork server, once).
+    tag = sys.implementation.cache_tag
+    assert [name.split("-pytest-")[0] for name in _compiled(cache, "myplugin")] == [
+        f"myplugin.{tag}"
+    ]
     assert not list(pytester.path.glob("__pycache__"))
 
 
