@@ -53,6 +53,8 @@ SEED_KEY = pytest.StashKey[int]()
 INTERPRETERS_KEY = pytest.StashKey[Tuple["Interpreter", ...]]()
 #: In a child: the module and names of the one test it runs (pytest_pycollect_makeitem).
 CHILD_TARGET_KEY = pytest.StashKey[Optional[Tuple[Path, Tuple[str, ...]]]]()
+#: In a child that runs one test: its session (pytest_ignore_collect).
+CHILD_SESSION_KEY = pytest.StashKey[pytest.Session]()
 SEED_CACHE_KEY = "daemonexit/seed"
 #: Whether the last session that collected tests had marked ones (starts servers early).
 MARKED_CACHE_KEY = "daemonexit/marked"
@@ -382,6 +384,17 @@ def pytest_pycollect_makeitem(
     return []
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> Optional[bool]:
+    """In a child, what lies beside the way to the run's test module is not collected:
+    pytest would make a node of every file in every directory on the way, then keep the
+    one asked for, a cost per run that grows with the project.  What is on the way is
+    pytest's own notion (its initial paths and their parents) and its own rules."""
+    session = config.stash.get(CHILD_SESSION_KEY, None)
+    if session is None or session.isinitpath(collection_path, with_parents=True):
+        return None
+    return True
+
+
 def _child_target(config: pytest.Config) -> Optional[Tuple[Path, Tuple[str, ...]]]:
     """The module path and the names down to the function (``Class``, ``test``) of the
     one node id a child runs; None when it runs something else."""
@@ -421,6 +434,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """When the last session of this project had marked tests, its fork servers start
     now, while pytest collects, instead of once the first marked test is collected."""
     config = session.config
+    if _in_child(config):
+        if _child_target(config) is not None:  # one test of one file: pytest_ignore_collect
+            config.stash[CHILD_SESSION_KEY] = session
+        return
     cache = getattr(config, "cache", None)
     if cache is None or not _may_run_children(config):
         return

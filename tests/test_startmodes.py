@@ -235,6 +235,40 @@ def test_each_child_runs_exactly_its_own_test(run, pytester, start):
     result.assert_outcomes(passed=4, failed=4)
 
 
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_a_child_collects_only_the_way_to_its_test(run, pytester, monkeypatch, start):
+    log = pytester.path / "collected.log"
+    monkeypatch.setenv("COLLECTED_LOG", str(log))
+    pytester.makeconftest(
+        """
+        import os
+
+        def pytest_collect_file(file_path, parent):
+            if getattr(parent.config, "_pytest_daemonexit_child", False):
+                with open(os.environ["COLLECTED_LOG"], "a") as f:
+                    f.write(file_path.name + "\\n")
+        """
+    )
+    sub = pytester.mkpydir("pkg") / "sub"
+    sub.mkdir()
+    (sub / "__init__.py").write_text("")
+    (sub / "conftest.py").write_text(
+        "import pytest\n\n@pytest.fixture\ndef from_package():\n    return 'package'\n"
+    )
+    (sub / "test_target.py").write_text(
+        "import pytest\n\n"
+        "@pytest.mark.daemon_exit\n@pytest.mark.parametrize('n', [1, 2])\n"
+        "def test_target(from_package, n):\n    assert from_package == 'package'\n"
+    )
+    for path in (sub / "test_sibling.py", pytester.path / "pkg" / "test_other.py"):
+        path.write_text("def test_plain():\n    pass\n")
+    (pytester.path / "other").mkdir()
+    (pytester.path / "other" / "test_far.py").write_text("def test_far():\n    pass\n")
+    run(f"--daemonexit-start={start}").assert_outcomes(passed=5)
+    # Each of the two runs made a node of its own module only, not of the files beside it.
+    assert log.read_text().split() == ["test_target.py", "test_target.py"]
+
+
 BUILTIN_FIXTURES = """
     import pytest
 
