@@ -71,8 +71,13 @@ T (default 200) trivial marked tests, policy baseline, forkserver, with
 ``--throughput-spawn``): runs per second over the whole session, over its excess above T
 unmarked tests, and the speedup of the parallel session (target >= 1.7x on 2 cores).
 
+With ``--keep-dont-write-bytecode``, PYTHONDONTWRITEBYTECODE stays when the environment
+sets it, as many CI images do: every pytest process then compiles the test modules and
+rewrites its plugin modules again, and the children keep theirs in pytest's cache.
+
 Usage: python benchmarks/overhead.py [--runs N] [--tests N] [--python PATH] [--json PATH]
                                      [--venv DIR [--reuse-venv]] [--no-compare]
+                                     [--keep-dont-write-bytecode]
                                      [--throughput-runs T] [--throughput-rounds R]
                                      [--throughput-spawn]
 
@@ -179,6 +184,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         type=int,
         default=3,
         help="rounds of the throughput sessions (3; 0 skips them)",
+    )
+    parser.add_argument(
+        "--keep-dont-write-bytecode",
+        action="store_true",
+        help="keep PYTHONDONTWRITEBYTECODE when the environment sets it (as CI images do), "
+        "to measure what such a job gets, instead of removing it",
     )
     parser.add_argument(
         "--throughput-spawn",
@@ -341,8 +352,8 @@ def setup_compare(
     return python, skipped, info
 
 
-def clean_env() -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
+def clean_env(keep: Sequence[str] = ()) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV or k in keep}
     env.pop("VIRTUAL_ENV", None)
     return env
 
@@ -512,8 +523,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     )
     holder = Path(args.venv).resolve() if args.venv else Path(tempfile.mkdtemp(prefix="dx-venv-"))
     holder.mkdir(parents=True, exist_ok=True)
-    env = clean_env()
-    dropped = [name for name in DROPPED_ENV if name in os.environ]
+    keep = ["PYTHONDONTWRITEBYTECODE"] if args.keep_dont_write_bytecode else []
+    env = clean_env(keep)
+    dropped = [name for name in DROPPED_ENV if name in os.environ and name not in keep]
     print("removed from the environment:", ", ".join(dropped) or "nothing")
     try:
         if args.python:
