@@ -435,7 +435,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     now, while pytest collects, instead of once the first marked test is collected."""
     config = session.config
     if _in_child(config):
-        if _child_target(config) is not None:  # one test of one file: pytest_ignore_collect
+        # One test of one file: pytest_ignore_collect.  Not on Windows, where pytest also
+        # matches a differently spelled path to the same file (short names).
+        if _child_target(config) is not None and sys.platform != "win32":
             config.stash[CHILD_SESSION_KEY] = session
         return
     cache = getattr(config, "cache", None)
