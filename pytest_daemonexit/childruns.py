@@ -91,13 +91,15 @@ class SessionRuns:
         from pytest_daemonexit import runner
 
         candidate = Path(self.session_dir, "bytecode")
+        if runner.bytecode_cache_dir(runner.child_environment(), candidate) is None:
+            return None  # nothing to create in pytest's cache
         cache = getattr(self.config, "cache", None)
         if cache is not None:
             try:
                 candidate = cache.mkdir("daemonexit") / "bytecode"
             except OSError:
                 pass
-        return runner.bytecode_cache_dir(runner.child_environment(), candidate)
+        return str(candidate)
 
     # -- start modes ------------------------------------------------------------------
 
