@@ -81,6 +81,14 @@ def _die_with_parent(parent: int) -> None:
 RUNNING = False
 
 
+def use_bytecode_cache(prefix: Optional[str]) -> None:
+    """Read and write bytecode under ``prefix`` (runner.bytecode_cache_dir), when given.
+    Called once pytest is imported: its own modules keep the bytecode installed with them."""
+    if prefix:
+        sys.pycache_prefix = prefix
+        sys.dont_write_bytecode = False
+
+
 def run(
     spec: Dict[str, Any], session: Optional[Callable[[List[str], List[Any]], int]] = None
 ) -> None:
@@ -131,12 +139,9 @@ def run(
         if spec["mode"] == "pytest":
             import pytest
 
-            if spec.get("pycache_prefix"):
-                # Set after pytest's own imports, which read the bytecode installed with
-                # them: from here on the test's modules and conftest files (rewritten by
-                # pytest) are compiled once for every run, not once per run.
-                sys.pycache_prefix = spec["pycache_prefix"]
-                sys.dont_write_bytecode = False
+            # From here on the test's modules and conftest files (rewritten by pytest)
+            # are compiled once for every run, not once per run.
+            use_bytecode_cache(spec.get("pycache_prefix"))
             plugins: List[Any] = [ChildReporter(writer)]
             plugins += [name for name in spec.get("plugins", ()) if name]
             args = list(spec["args"])

@@ -433,12 +433,10 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
             # pytest rewrites the asserts of every module of a plugin's distribution
             # (hypothesis' ~70) and caches the result beside the bytecode: where the
             # environment forbids writing it, every server would rewrite them again
-            # (0.5 s).  Set after pytest's own imports, which read the bytecode installed
-            # with them, as in a child (child.run).
+            # (0.5 s).
             import pytest  # noqa: F401
 
-            sys.pycache_prefix = spec["pycache_prefix"]
-            sys.dont_write_bytecode = False
+            child.use_bytecode_cache(spec["pycache_prefix"])
         config = _prepare(spec)
         roots = [str(config.rootpath), str(config.invocation_params.dir)]
         imported = 0
