@@ -47,6 +47,48 @@ class ChildReporter:
     def pytest_collection_finish(self, session: Any) -> None:
         self.writer.send("collected", nodeids=[item.nodeid for item in session.items])
 
+    def pytest_unconfigure(self, config: Any) -> None:
+        _keep_capture_files_open(config)
+
+
+class _ClosedStandIn:
+    """What pytest's capture closes at its end instead of its capture file."""
+
+    def close(self) -> None:
+        pass
+
+
+#: pytest's capture files, kept open until the interpreter tears this module down.
+_KEPT_FILES: List[Any] = []
+
+
+def _keep_capture_files_open(config: Any) -> None:
+    """pytest's global capture closes its files when the session ends, but a stream the
+    test took from ``sys.stdout`` or ``sys.stderr`` while pytest captured (a
+    ``logging.StreamHandler`` made in the test) is that file: a thread that writes to it
+    at exit would raise "I/O operation on closed file", where in a program outside pytest
+    the stream is the real one and the write succeeds.  The files stay open (what is
+    written there is lost); pytest still restores the streams and reports its output."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    capturing = getattr(capman, "_global_capturing", None)
+    for capture in (getattr(capturing, "out", None), getattr(capturing, "err", None)):
+        if capture is None:
+            continue
+        try:
+            original = capture.done
+            holders = [capture, getattr(capture, "syscapture", None)]
+            holders = [h for h in holders if getattr(h, "tmpfile", None) is not None]
+
+            def done(original: Any = original, holders: List[Any] = holders) -> None:
+                for holder in holders:
+                    _KEPT_FILES.append(holder.tmpfile)
+                    holder.tmpfile = _ClosedStandIn()
+                original()
+
+            capture.done = done
+        except AttributeError:  # another pytest: leave its capture as it is
+            continue
+
 
 def _offsets() -> Dict[str, int]:
     out = {}

@@ -244,6 +244,41 @@ def test_exception_in_daemon_thread_after_atexit_closed_its_file(run):
     )
 
 
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_a_stream_taken_while_pytest_captured_is_still_open_at_exit(run, start):
+    # Correct code: a worker writes at exit to the stream it took in the test (what a
+    # logging.StreamHandler made there holds), and an atexit handler wakes and joins it.
+    # Outside pytest that stream is the real stderr; in the child it is pytest's capture
+    # file, which pytest's session end must not leave closed under the worker.
+    run.write(
+        """
+        import atexit, sys, threading, pytest
+
+        @pytest.mark.daemon_exit
+        def test_worker_flushes_at_exit():
+            stream = sys.stderr
+            go = threading.Event()
+
+            def worker():
+                go.wait()
+                stream.write("flushed at exit\\n")
+                stream.flush()
+
+            thread = threading.Thread(target=worker, daemon=True)
+            thread.start()
+
+            def stop():
+                go.set()
+                thread.join()
+
+            atexit.register(stop)
+        """
+    )
+    result = run(f"--daemonexit-start={start}")
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("*I/O operation on closed file*")
+
+
 def test_exception_ignored_in_finalizer(run):
     run.write(
         """
