@@ -437,6 +437,7 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
             import pytest  # noqa: F401
 
             child.use_bytecode_cache(spec["pycache_prefix"])
+        child.read_rewritten_bytecode_at_once()
         config = _prepare(spec)
         roots = [str(config.rootpath), str(config.invocation_params.dir)]
         imported = 0
