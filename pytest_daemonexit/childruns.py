@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from pytest_daemonexit.signatures import Signature
 
 RUNS_KEY = pytest.StashKey["SessionRuns"]()
+#: Fork servers launched at configure, before the session's directory exists.
+EARLY_KEY = pytest.StashKey[List["ForkServer"]]()
 #: Environment variables a fork server must not start with: the children set them per run.
 _PER_RUN_ENV = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
 
@@ -133,9 +135,7 @@ class SessionRuns:
                     self.notes.append("the fork server kept dying: later children were spawned")
                     self._servers[key] = None
                     return None
-            env = runner.child_environment()
-            for name in _PER_RUN_ENV:
-                env.pop(name, None)
+            env = _server_environment()
             workdir = Path(self.session_dir, f"server-{len(self._servers)}")
             server_args = list(args)
             imports_cache = None
@@ -147,14 +147,21 @@ class SessionRuns:
                     imports_cache = str(cache.mkdir("daemonexit") / "forkserver-imports.json")
                 except OSError:
                     pass
-            new = forkserver.ForkServer(
-                python=interp.path,
-                python_flags=flags,
+            new = _take_early(self.config, interp.path, flags, env)
+            if new is None:
+                new = forkserver.ForkServer(
+                    python=interp.path,
+                    python_flags=flags,
+                    args=(),
+                    plugins=(),
+                    cwd=str(self.config.invocation_params.dir),
+                    env=env,
+                    sys_path0=runner.ORIGINAL_SYS_PATH0,
+                    workdir=str(workdir),
+                )
+            new.adopt(
                 args=server_args,
                 plugins=[n for n in [plugin._plugin_name(self.config)] if n],
-                cwd=str(self.config.invocation_params.dir),
-                env=env,
-                sys_path0=runner.ORIGINAL_SYS_PATH0,
                 workdir=str(workdir),
                 imports_cache=imports_cache,
                 key_args=args,
@@ -166,6 +173,8 @@ class SessionRuns:
                     raise forkserver.ForkServerError("the session is ending")
                 new.start()
             except forkserver.ForkServerError as exc:
+                new.abort()  # one launched at configure is running: it never forked
+                new.stop()
                 if not self._closing.is_set():
                     self.notes.append(
                         f"the fork server for {interp.path} could not start ({exc}): its "
@@ -314,6 +323,64 @@ class SessionRuns:
             shutil.rmtree(self.session_dir, ignore_errors=True)
 
 
+def _server_environment() -> Dict[str, str]:
+    from pytest_daemonexit import runner
+
+    env = runner.child_environment()
+    for name in _PER_RUN_ENV:
+        env.pop(name, None)
+    return env
+
+
+def launch_early(config: pytest.Config, interp: Interpreter, flags: Tuple[str, ...]) -> None:
+    """Launch the fork server of ``interp`` now, at configure: it imports pytest while
+    the parent configures and collects, and gets the command line when the session has
+    started (``SessionRuns._server`` adopts it).  Failing here costs nothing: the server
+    is then started, or its failure reported, when a run needs it."""
+    from pytest_daemonexit import forkserver, runner
+
+    server = forkserver.ForkServer(
+        python=interp.path,
+        python_flags=flags,
+        args=(),
+        plugins=(),
+        cwd=str(config.invocation_params.dir),
+        env=_server_environment(),
+        sys_path0=runner.ORIGINAL_SYS_PATH0,
+        workdir="",  # set by adopt
+    )
+    try:
+        server.boot()
+    except forkserver.ForkServerError:
+        return
+    config.stash.setdefault(EARLY_KEY, []).append(server)
+
+
+def _take_early(
+    config: pytest.Config, python: str, flags: Tuple[str, ...], env: Dict[str, str]
+) -> Optional[ForkServer]:
+    """A server launched at configure for this interpreter and these flags, if it is
+    still running and its environment is still the one a server would get (a plugin's
+    configure or session start may have changed ``os.environ`` since)."""
+    early = config.stash.get(EARLY_KEY, [])
+    for server in list(early):
+        if server.python == python and server.python_flags == flags:
+            early.remove(server)
+            if server.env == env and server.proc is not None and server.proc.poll() is None:
+                return server
+            server.abort()  # it never forked: nothing of a run is lost
+            server.stop()
+    return None
+
+
+def _stop_early(config: pytest.Config) -> None:
+    """Servers launched at configure that no run took: killed, they never forked."""
+    for server in config.stash.get(EARLY_KEY, []):
+        server.abort()
+        server.stop()
+    config.stash[EARLY_KEY] = []
+
+
 def session_runs(config: pytest.Config) -> SessionRuns:
     if RUNS_KEY not in config.stash:
         from pytest_daemonexit import plugin
@@ -328,3 +395,4 @@ def close(config: pytest.Config) -> None:
     if runs is not None:
         runs.close()
         del config.stash[RUNS_KEY]
+    _stop_early(config)

@@ -150,45 +150,37 @@ class ForkServer:
         self._dead: Optional[str] = None
         self.imported = 0  # modules the server imported after learning what configure needs
         self._aborted = False
+        # The server's own stdout and stderr: anonymous files, read when it dies.
+        self._output: List[Any] = []
 
-    # The server is started lazily, by the first run that needs it.
-    def start(self) -> None:
+    def boot(self) -> None:
+        """Start the interpreter: it imports pytest, then waits for ``start`` to send the
+        command line.  Called early (the plugin's ``pytest_configure``), the imports
+        overlap the rest of the parent's configuration and collection."""
+        import tempfile
+
         from pytest_daemonexit import runner
 
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.proc is not None:
+            return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        user_noconftest = "--noconftest" in self.args
-        spec = {
-            "control_fd": theirs.fileno(),
-            # Conftest files are the run's own: the child loads them (run_session).
-            "args": [*self.args, *([] if user_noconftest else ["--noconftest"])],
-            "user_noconftest": user_noconftest,
-            "plugins": list(self.plugins),
-            "parent_pid": os.getpid(),
-            "workdir": str(self.workdir),
-            "imports_cache": self.imports_cache,
-            "key_args": list(self.key_args),
-            "pycache_prefix": self.pycache_prefix,
-        }
-        spec_path = self.workdir / "server.json"
-        spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        boot = json.dumps({"control_fd": theirs.fileno(), "parent_pid": os.getpid()})
         argv = runner.interpreter_argv(
-            self.python, self.python_flags, self.sys_path0, "forkserver", str(spec_path)
+            self.python, self.python_flags, self.sys_path0, "forkserver", boot
         )
         try:
-            with open(self.workdir / "stdout", "wb") as out, open(
-                self.workdir / "stderr", "wb"
-            ) as err:
-                self.proc = subprocess.Popen(
-                    argv,
-                    cwd=self.cwd,
-                    env=self.env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    pass_fds=(theirs.fileno(),),
-                    start_new_session=True,
-                )
+            # Open for the server's life (closed by stop).
+            self._output = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]  # noqa: SIM115
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=self._output[0],
+                stderr=self._output[1],
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,
+            )
         except OSError as exc:
             ours.close()
             raise ForkServerError(f"cannot start {self.python}: {exc}") from None
@@ -196,8 +188,52 @@ class ForkServer:
             theirs.close()
         self._sock = ours
         threading.Thread(target=self._read, name="daemonexit-forkserver", daemon=True).start()
+
+    def adopt(
+        self,
+        *,
+        args: Sequence[str],
+        plugins: Sequence[str],
+        workdir: str,
+        imports_cache: Optional[str] = None,
+        key_args: Optional[Sequence[str]] = None,
+        pycache_prefix: Optional[str] = None,
+    ) -> None:
+        """Give a server launched before the session's command line was known its
+        command line and session directory (then ``start``)."""
+        self.args = tuple(args)
+        self.plugins = tuple(plugins)
+        self.workdir = Path(workdir)
+        self.imports_cache = imports_cache
+        self.key_args = tuple(key_args if key_args is not None else args)
+        self.pycache_prefix = pycache_prefix
+
+    # The server is started lazily, by the first run that needs it.
+    def start(self) -> None:
+        """Launch the server if it is not running yet, send it the command line, and
+        wait until it can fork."""
+        self.boot()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        user_noconftest = "--noconftest" in self.args
+        spec = {
+            # Conftest files are the run's own: the child loads them (run_session).
+            "args": [*self.args, *([] if user_noconftest else ["--noconftest"])],
+            "user_noconftest": user_noconftest,
+            "plugins": list(self.plugins),
+            "workdir": str(self.workdir),
+            "imports_cache": self.imports_cache,
+            "key_args": list(self.key_args),
+            "pycache_prefix": self.pycache_prefix,
+        }
+        # What the server was told, for whoever looks into the session's directory.
+        (self.workdir / "server.json").write_text(json.dumps(spec), encoding="utf-8")
         if self._aborted:
             self.abort()
+        elif self._sock is not None:
+            try:
+                _send(self._sock, {"op": "start", "spec": spec})
+            except OSError:
+                pass  # it died: the reader thread reports why
         try:
             reply = self._replies.get(timeout=START_SECONDS)
         except queue.Empty:
@@ -235,8 +271,12 @@ class ForkServer:
     def _died(self, why: str) -> None:
         stderr = ""
         try:
-            stderr = (self.workdir / "stderr").read_text("utf-8", "replace")[-2000:]
-        except OSError:
+            # pread: the server shares this file's offset, and may still be writing.
+            fd = self._output[1].fileno()
+            size = os.fstat(fd).st_size
+            tail = os.pread(fd, 8192, max(0, size - 8192))
+            stderr = tail.decode("utf-8", "replace")[-2000:]
+        except (IndexError, OSError, ValueError):
             pass
         with self._state:
             self._dead = why + (f"; its stderr ended with:\n{stderr}" if stderr.strip() else "")
@@ -303,6 +343,8 @@ class ForkServer:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        for output in self._output:
+            output.close()
 
 
 # -- server side ------------------------------------------------------------------------
@@ -429,14 +471,10 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
 
     child.RUNNING = True  # the plugin in this configuration acts as in a child
     try:
-        if spec.get("pycache_prefix"):
-            # pytest rewrites the asserts of every module of a plugin's distribution
-            # (hypothesis' ~70) and caches the result beside the bytecode: where the
-            # environment forbids writing it, every server would rewrite them again
-            # (0.5 s).
-            import pytest  # noqa: F401
-
-            child.use_bytecode_cache(spec["pycache_prefix"])
+        # pytest rewrites the asserts of every module of a plugin's distribution
+        # (hypothesis' ~70) and caches the result beside the bytecode: where the
+        # environment forbids writing it, every server would rewrite them again (0.5 s).
+        child.use_bytecode_cache(spec.get("pycache_prefix"))
         child.read_rewritten_bytecode_at_once()
         config = _prepare(spec)
         roots = [str(config.rootpath), str(config.invocation_params.dir)]
@@ -645,19 +683,31 @@ def run_session(config: Any, args: Sequence[str], plugins: Sequence[Any], noconf
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    with open(args[0], encoding="utf-8") as f:
-        spec = json.load(f)
+    boot = json.loads(args[0])
     from pytest_daemonexit import child, injection
 
     # As a child does: die with pytest, and be the subreaper of what the forked children
     # leave when they crash before their own reaper runs (_stop_orphans).
-    child._die_with_parent(int(spec.get("parent_pid") or 0))
+    child._die_with_parent(int(boot.get("parent_pid") or 0))
 
     # First: pytest's imports register atexit callbacks (logging's, ...) that a spawned
     # child registers after its last-callback marker; the slot keeps that order here.
     injection.reserve_last_atexit()
-    sock = socket.socket(fileno=int(spec["control_fd"]))
+    sock = socket.socket(fileno=int(boot["control_fd"]))
     server_pid = os.getpid()
+    # pytest's imports, the longest part of the start, need nothing from the parent: they
+    # run while the parent is still configuring and collecting.
+    try:
+        import pytest  # noqa: F401
+    except BaseException as exc:
+        _send(sock, {"error": f"cannot import pytest: {type(exc).__name__}: {exc}"[:400]})
+        raise SystemExit(0) from None
+    message, fds = _receive(sock)
+    for fd in fds:
+        os.close(fd)
+    if message is None or message.get("op") != "start":
+        _leave()  # not needed after all: the parent stopped it
+    spec = message["spec"]
     request, fds = _serve(spec, sock)
     # A forked child from here on: this run's descriptors, environment and session.
     os.setsid()

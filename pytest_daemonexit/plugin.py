@@ -231,10 +231,41 @@ def pytest_configure(config: pytest.Config) -> None:
         shown = ",".join(settings.policies)
         raise pytest.UsageError(f"{_option_source(config, 'policies')}={shown}: {exc}") from None
     config.stash[SEED_KEY] = _session_seed(config, settings)
+    _launch_early(config, settings)
     config.stash[INTERPRETERS_KEY] = _interpreters(config, settings)
     from pytest_daemonexit import cireports
 
     cireports.configure(config, settings)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # A session that never started (``--markers``, an error in another plugin's
+    # configure) still stops the fork server launched at configure.
+    if "pytest_daemonexit.childruns" in sys.modules:
+        from pytest_daemonexit import childruns
+
+        childruns.close(config)
+
+
+def _launch_early(config: pytest.Config, settings: Settings) -> None:
+    """When the last session of this project had marked tests, launch this interpreter's
+    fork server now: its longest part, importing pytest, then overlaps the rest of the
+    configuration and the collection (it gets the command line at session start)."""
+    from pytest_daemonexit import childruns, interpreters
+
+    cache = getattr(config, "cache", None)
+    if (
+        cache is None
+        or start_mode(settings) != "forkserver"
+        or (settings.pythons and interpreters.CURRENT not in settings.pythons)
+        or not _may_run_children(config)
+        or cache.get(MARKED_CACHE_KEY, False) is not True
+    ):
+        return
+    flags = settings.python_flags()
+    if "dev" in flags and sys.version_info < (3, 9):
+        return  # spawned (SessionRuns._server)
+    childruns.launch_early(config, interpreters.current(), flags)
 
 
 def _interpreters(config: pytest.Config, settings: Settings) -> Tuple[Interpreter, ...]:

@@ -415,6 +415,27 @@ def test_a_plugin_that_starts_a_thread_at_import_falls_back_to_spawn(run, pytest
     result.stdout.fnmatch_lines(["*2 threads after pytest's start*children were spawned*"])
 
 
+def test_a_server_that_dies_while_it_starts_says_why_and_its_runs_are_spawned(run, pytester):
+    pytester.makepyfile(
+        dyingplugin="""
+        import os, sys
+        if "pytest_daemonexit.forkserver" in sys.modules:  # only in the fork server
+            sys.stderr.write("dyingplugin: no server here\\n")
+            sys.stderr.flush()
+            os._exit(3)
+        """
+    )
+    run.write("import pytest\n\n@pytest.mark.daemon_exit\ndef test_x():\n    pass\n")
+    result = run(
+        "-p", "dyingplugin", "--daemonexit-report=r.json", "--daemonexit-start=forkserver"
+    )
+    result.assert_outcomes(passed=1)
+    assert {r["start"] for r in _runs(pytester, "r.json")} == {"spawn"}
+    result.stdout.fnmatch_lines(
+        ["*fork server * could not start (the fork server ended*", "*dyingplugin: no server here*"]
+    )
+
+
 def test_a_dead_fork_server_is_replaced(run, pytester):
     run.write(
         """
@@ -528,6 +549,65 @@ def test_servers_start_with_the_session_when_the_last_one_had_marked_tests(run, 
     result, started = servers_started("-k", "not test_marked")
     result.assert_outcomes(passed=2)
     result.stdout.no_fnmatch_line("*fork server*")
+    assert _leftovers(pytester) == []
+
+
+EARLY_CONFTEST = """
+    import os
+
+    def _servers():
+        \"\"\"The plugin's fork servers already running, children of this process.\"\"\"
+        found = 0
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except (OSError, ValueError, IndexError):
+                continue
+            found += parent == os.getpid() and b"pytest_daemonexit.forkserver" in cmdline
+        return found
+
+    def pytest_sessionstart(session):
+        from pytest_daemonexit import child
+
+        if child.RUNNING:  # the test's own session, in the child
+            return
+        with open("servers-at-session-start", "a") as f:
+            f.write(f"{_servers()}\\n")
+        # After the plugin's configure: an interpreter launched then lacks it.
+        os.environ["PYTHONPATH"] = str(session.config.rootpath / "extra")
+"""
+
+EARLY_TEST = """
+    import pytest
+
+    @pytest.mark.daemon_exit
+    def test_marked():
+        import extramod  # found through PYTHONPATH, read at the interpreter's start
+"""
+
+
+def test_a_server_is_launched_at_configure_and_left_if_the_environment_then_changed(
+    run, pytester
+):
+    run.write(EARLY_TEST)
+    pytester.makeconftest(textwrap.dedent(EARLY_CONFTEST))
+    pytester.mkdir("extra").joinpath("extramod.py").write_text("")
+    counts = pytester.path / "servers-at-session-start"
+
+    def servers_at_session_start(*args: str) -> int:
+        run(*args).assert_outcomes(passed=1)
+        return int(counts.read_text().split()[-1])
+
+    # Nothing says yet that this project has marked tests: nothing runs before the session.
+    assert servers_at_session_start("--daemonexit-start=forkserver") == 0
+    # Now the server is launched at configure, before any conftest's session start; this
+    # one set an interpreter-start variable since, so that server is replaced by one
+    # started with it (the test fails in a child of the early one).
+    assert servers_at_session_start("--daemonexit-start=forkserver") == 1
+    assert servers_at_session_start("--daemonexit-start=spawn") == 0
     assert _leftovers(pytester) == []
 
 
