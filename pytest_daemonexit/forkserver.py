@@ -2,8 +2,10 @@
 
 Spawning ``python -m pytest`` per run pays for the interpreter's start, pytest's imports,
 plugin discovery and argument parsing every time.  The server (a "zygote") does that once:
-it imports pytest and parses the session's command line into a configuration, without
-conftest files, without configuring plugins and without any thread, freezes its heap
+it imports pytest (``boot``, which needs nothing from the session and may start before the
+session knows its command line) and, once sent the command line (``start``), parses it
+into a configuration, without conftest files, without configuring plugins and without
+any thread, freezes its heap
 (``gc.freeze()``: a child's collections then skip pytest's objects), then forks a child per
 run.  The child takes the run's stdout, stderr and channel, loads the conftest files and
 the test module itself (their import-time threads and state are the run's own), configures
