@@ -465,7 +465,11 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
             processes.kill_tree(proc.pid)
         # What the child started and could not reap itself: it died before interpreter
         # clear and its orphans (in a session of their own) were reparented away from it.
-        processes.kill_tagged(token)
+        # Not needed when the child said at interpreter clear that it had no child at
+        # all (a subreaper: then it had no descendant); the search reads two files of
+        # every process on the machine, per run.
+        if interrupted or not any(r.get("event") == "childless" for r in records):
+            processes.kill_tagged(token)
         if interrupted:
             proc.wait(timeout=10)
 

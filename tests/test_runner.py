@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from pytest_daemonexit import judge, phases, runner
 from pytest_daemonexit.settings import Settings
 
@@ -53,3 +55,34 @@ def test_stopped_child_gets_a_dump_and_is_killed(tmp_path):
     assert verdict.kind == "HANG"
     assert any(f.function == "stuck" for s in verdict.stacks for f in s.frames)
     assert sys.platform != "linux" or evidence.last_phase == "threading_shutdown"
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
+def test_the_child_says_at_interpreter_clear_whether_it_left_a_process(tmp_path):
+    # "childless" lets the parent skip looking through every process for the run's tag;
+    # a child that left one kills it and says so instead.
+    clean = tmp_path / "clean.py"
+    clean.write_text("print('hello')\n")
+    evidence = runner.run(runner.RunRequest.script(str(clean), timeout=10))
+    assert (len(evidence.events("childless")), evidence.events("reaped")) == (1, [])
+
+    pidfile = tmp_path / "pid"
+    leaves = tmp_path / "leaves.py"
+    leaves.write_text(
+        "import subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],\n"
+        "                     start_new_session=True)\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+    )
+    evidence = runner.run(runner.RunRequest.script(str(leaves), timeout=10))
+    assert evidence.events("childless") == []
+    assert [r["count"] for r in evidence.events("reaped")] == [1]
+    assert not _running(int(pidfile.read_text()))
