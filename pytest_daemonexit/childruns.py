@@ -109,7 +109,7 @@ class SessionRuns:
         self, interp: Interpreter, flags: Tuple[str, ...], args: Sequence[str]
     ) -> Optional[ForkServer]:
         """The running server for this interpreter, flags and command line; None: spawn."""
-        from pytest_daemonexit import forkserver, plugin, runner
+        from pytest_daemonexit import forkserver, plugin
 
         if self.start != "forkserver":
             return None
@@ -147,18 +147,9 @@ class SessionRuns:
                     imports_cache = str(cache.mkdir("daemonexit") / "forkserver-imports.json")
                 except OSError:
                     pass
-            new = _take_early(self.config, interp.path, flags, env)
-            if new is None:
-                new = forkserver.ForkServer(
-                    python=interp.path,
-                    python_flags=flags,
-                    args=(),
-                    plugins=(),
-                    cwd=str(self.config.invocation_params.dir),
-                    env=env,
-                    sys_path0=runner.ORIGINAL_SYS_PATH0,
-                    workdir=str(workdir),
-                )
+            new = _take_early(self.config, interp.path, flags, env) or _new_server(
+                self.config, interp.path, flags, env
+            )
             new.adopt(
                 args=server_args,
                 plugins=[n for n in [plugin._plugin_name(self.config)] if n],
@@ -332,23 +323,32 @@ def _server_environment() -> Dict[str, str]:
     return env
 
 
+def _new_server(
+    config: pytest.Config, python: str, flags: Tuple[str, ...], env: Dict[str, str]
+) -> ForkServer:
+    """A server not started yet; its command line and directory come with ``adopt``."""
+    from pytest_daemonexit import forkserver, runner
+
+    return forkserver.ForkServer(
+        python=python,
+        python_flags=flags,
+        args=(),
+        plugins=(),
+        cwd=str(config.invocation_params.dir),
+        env=env,
+        sys_path0=runner.ORIGINAL_SYS_PATH0,
+        workdir="",
+    )
+
+
 def launch_early(config: pytest.Config, interp: Interpreter, flags: Tuple[str, ...]) -> None:
     """Launch the fork server of ``interp`` now, at configure: it imports pytest while
     the parent configures and collects, and gets the command line when the session has
     started (``SessionRuns._server`` adopts it).  Failing here costs nothing: the server
     is then started, or its failure reported, when a run needs it."""
-    from pytest_daemonexit import forkserver, runner
+    from pytest_daemonexit import forkserver
 
-    server = forkserver.ForkServer(
-        python=interp.path,
-        python_flags=flags,
-        args=(),
-        plugins=(),
-        cwd=str(config.invocation_params.dir),
-        env=_server_environment(),
-        sys_path0=runner.ORIGINAL_SYS_PATH0,
-        workdir="",  # set by adopt
-    )
+    server = _new_server(config, interp.path, flags, _server_environment())
     try:
         server.boot()
     except forkserver.ForkServerError:
