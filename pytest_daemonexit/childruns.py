@@ -113,9 +113,7 @@ class SessionRuns:
 
         if self.start != "forkserver":
             return None
-        if "dev" in flags and interp.version < (3, 9):
-            # CPython 3.8's debug allocators (-X dev) meet corrupted blocks at interpreter
-            # clear in a forked child (SIGBUS): such runs are spawned.
+        if spawned_anyway(interp.version, flags):
             note = "-X dev runs on CPython 3.8 are spawned (a forked child crashes at exit)"
             with self._lock:
                 if note not in self.notes:
@@ -164,8 +162,7 @@ class SessionRuns:
                     raise forkserver.ForkServerError("the session is ending")
                 new.start()
             except forkserver.ForkServerError as exc:
-                new.abort()  # one launched at configure is running: it never forked
-                new.stop()
+                new.discard()  # one launched at configure is running
                 if not self._closing.is_set():
                     self.notes.append(
                         f"the fork server for {interp.path} could not start ({exc}): its "
@@ -314,6 +311,12 @@ class SessionRuns:
             shutil.rmtree(self.session_dir, ignore_errors=True)
 
 
+def spawned_anyway(version: Tuple[int, ...], flags: Tuple[str, ...]) -> bool:
+    """CPython 3.8's debug allocators (-X dev) meet corrupted blocks at interpreter clear
+    in a forked child (SIGBUS): such runs are spawned even in forkserver mode."""
+    return "dev" in flags and tuple(version[:2]) < (3, 9)
+
+
 def _server_environment() -> Dict[str, str]:
     from pytest_daemonexit import runner
 
@@ -368,16 +371,14 @@ def _take_early(
             early.remove(server)
             if server.env == env and server.proc is not None and server.proc.poll() is None:
                 return server
-            server.abort()  # it never forked: nothing of a run is lost
-            server.stop()
+            server.discard()
     return None
 
 
 def _stop_early(config: pytest.Config) -> None:
     """Servers launched at configure that no run took: killed, they never forked."""
     for server in config.stash.get(EARLY_KEY, []):
-        server.abort()
-        server.stop()
+        server.discard()
     config.stash[EARLY_KEY] = []
 
 

@@ -129,19 +129,17 @@ class ForkServer:
     ) -> None:
         self.python = python
         self.python_flags = tuple(python_flags)
-        self.args = tuple(args)
-        self.plugins = tuple(plugins)
         self.cwd = cwd
         self.env = dict(env)
         self.sys_path0 = sys_path0
-        self.workdir = Path(workdir)
-        # Where the server remembers what a session imports lazily (pytest's cache).
-        self.imports_cache = imports_cache
-        # The command line without what changes every session (the server's cache_dir).
-        self.key_args = tuple(key_args if key_args is not None else args)
-        # Where pytest keeps the bytecode it rewrites, when the environment forbids
-        # __pycache__ (runner.bytecode_cache_dir).
-        self.pycache_prefix = pycache_prefix
+        self.adopt(
+            args=args,
+            plugins=plugins,
+            workdir=workdir,
+            imports_cache=imports_cache,
+            key_args=key_args,
+            pycache_prefix=pycache_prefix,
+        )
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self._sock: Optional[socket.socket] = None
         self._lock = threading.Lock()  # one fork request at a time
@@ -201,13 +199,17 @@ class ForkServer:
         key_args: Optional[Sequence[str]] = None,
         pycache_prefix: Optional[str] = None,
     ) -> None:
-        """Give a server launched before the session's command line was known its
-        command line and session directory (then ``start``)."""
+        """The command line and session directory ``start`` sends: given here to a server
+        launched before the session knew them."""
         self.args = tuple(args)
         self.plugins = tuple(plugins)
         self.workdir = Path(workdir)
+        # Where the server remembers what a session imports lazily (pytest's cache).
         self.imports_cache = imports_cache
+        # The command line without what changes every session (the server's cache_dir).
         self.key_args = tuple(key_args if key_args is not None else args)
+        # Where pytest keeps the bytecode it rewrites, when the environment forbids
+        # __pycache__ (runner.bytecode_cache_dir).
         self.pycache_prefix = pycache_prefix
 
     # The server is started lazily, by the first run that needs it.
@@ -326,6 +328,11 @@ class ForkServer:
 
             processes.kill_tree(self.proc.pid)
         self._replies.put({"error": "stopped while it started"})
+
+    def discard(self) -> None:
+        """Kill a server that never forked (nothing of a run can be lost) and wait."""
+        self.abort()
+        self.stop()
 
     def stop(self) -> None:
         """Stop the server (its children die with it: PR_SET_PDEATHSIG)."""

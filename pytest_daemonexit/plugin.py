@@ -253,19 +253,26 @@ def _launch_early(config: pytest.Config, settings: Settings) -> None:
     configuration and the collection (it gets the command line at session start)."""
     from pytest_daemonexit import childruns, interpreters
 
-    cache = getattr(config, "cache", None)
+    flags = settings.python_flags()
     if (
-        cache is None
-        or start_mode(settings) != "forkserver"
+        start_mode(settings) != "forkserver"
         or (settings.pythons and interpreters.CURRENT not in settings.pythons)
-        or not _may_run_children(config)
-        or cache.get(MARKED_CACHE_KEY, False) is not True
+        or childruns.spawned_anyway(tuple(sys.version_info[:3]), flags)
+        or not _last_session_had_marked_tests(config)
     ):
         return
-    flags = settings.python_flags()
-    if "dev" in flags and sys.version_info < (3, 9):
-        return  # spawned (SessionRuns._server)
     childruns.launch_early(config, interpreters.current(), flags)
+
+
+def _last_session_had_marked_tests(config: pytest.Config) -> bool:
+    """Whether this session may start its fork servers before it collects a marked test:
+    it may run children, and pytest's cache says the last session had marked tests."""
+    cache = getattr(config, "cache", None)
+    return (
+        cache is not None
+        and _may_run_children(config)
+        and cache.get(MARKED_CACHE_KEY, False) is True
+    )
 
 
 def _interpreters(config: pytest.Config, settings: Settings) -> Tuple[Interpreter, ...]:
@@ -471,10 +478,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         if _child_target(config) is not None and sys.platform != "win32":
             config.stash[CHILD_SESSION_KEY] = session
         return
-    cache = getattr(config, "cache", None)
-    if cache is None or not _may_run_children(config):
-        return
-    if cache.get(MARKED_CACHE_KEY, False) is not True:
+    if not _last_session_had_marked_tests(config):
         return
     from pytest_daemonexit import childruns
 
