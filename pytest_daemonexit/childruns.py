@@ -345,25 +345,36 @@ def _new_server(
 
 
 def launch_early(config: pytest.Config, interp: Interpreter, flags: Tuple[str, ...]) -> None:
-    """Launch the fork server of ``interp`` now, at configure: it imports pytest while
-    the parent configures and collects, and gets the command line when the session has
-    started (``SessionRuns._server`` adopts it).  Failing here costs nothing: the server
-    is then started, or its failure reported, when a run needs it."""
+    """Launch the fork server of ``interp`` now, before the conftest files or at configure:
+    it imports pytest while the parent goes on, and gets the command line at session start
+    or when a run needs it (``SessionRuns._server`` adopts it).  One launched earlier that
+    is still running with the environment a server would get now is kept; one whose
+    environment changed since (a conftest file set a variable) is replaced.  Failing here
+    costs nothing: the server is then started, or its failure reported, when a run needs
+    it."""
     from pytest_daemonexit import forkserver
 
-    server = _new_server(config, interp.path, flags, _server_environment())
+    env = _server_environment()
+    early = config.stash.setdefault(EARLY_KEY, [])
+    for server in list(early):
+        if server.python == interp.path and server.python_flags == flags:
+            if server.env == env and server.proc is not None and server.proc.poll() is None:
+                return
+            early.remove(server)
+            server.discard()
+    server = _new_server(config, interp.path, flags, env)
     try:
         server.boot()
     except forkserver.ForkServerError:
         return
-    config.stash.setdefault(EARLY_KEY, []).append(server)
+    early.append(server)
 
 
 def _take_early(
     config: pytest.Config, python: str, flags: Tuple[str, ...], env: Dict[str, str]
 ) -> Optional[ForkServer]:
-    """A server launched at configure for this interpreter and these flags, if it is
-    still running and its environment is still the one a server would get (a plugin's
+    """A server launched early for this interpreter and these flags, if it is still
+    running and its environment is still the one a server would get (a plugin's
     configure or session start may have changed ``os.environ`` since)."""
     early = config.stash.get(EARLY_KEY, [])
     for server in list(early):
@@ -375,8 +386,8 @@ def _take_early(
     return None
 
 
-def _stop_early(config: pytest.Config) -> None:
-    """Servers launched at configure that no run took: killed, they never forked."""
+def stop_early(config: pytest.Config) -> None:
+    """Servers launched early that no run took: killed, they never forked."""
     for server in config.stash.get(EARLY_KEY, []):
         server.discard()
     config.stash[EARLY_KEY] = []
@@ -396,4 +407,4 @@ def close(config: pytest.Config) -> None:
     if runs is not None:
         runs.close()
         del config.stash[RUNS_KEY]
-    _stop_early(config)
+    stop_early(config)

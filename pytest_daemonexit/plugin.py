@@ -144,13 +144,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             parser.addini(spec.ini, spec.help, default="")
 
 
-def session_settings(config: pytest.Config) -> Settings:
-    """Command line over ini over defaults; a bad value is a usage error naming it."""
+def session_settings(config: pytest.Config, options: Optional[Any] = None) -> Settings:
+    """Command line over ini over defaults; a bad value is a usage error naming it.
+    ``options``: the namespace to read the command line from (default: pytest's parsed
+    options; before they are, the known arguments)."""
     values = {}
     for spec in OPTIONS:
         if not spec.command_line:
             continue
-        raw: Any = config.getoption(spec.dest)
+        raw: Any = (
+            config.getoption(spec.dest) if options is None else getattr(options, spec.dest, None)
+        )
         where = spec.option
         if raw is None:
             raw, where = config.getini(spec.ini), f"ini option {spec.ini}"
@@ -238,6 +242,20 @@ def pytest_configure(config: pytest.Config) -> None:
     cireports.configure(config, settings)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """The earliest the fork server can be launched: every plugin is imported, the
+    conftest files (which often import the code under test) are not yet."""
+    config = early_config
+    if _in_child(config):
+        return
+    try:
+        settings = session_settings(config, config.known_args_namespace)
+    except pytest.UsageError:
+        return  # reported at configure
+    _launch_early(config, settings, config.known_args_namespace)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     # A session that never started (``--markers``, an error in another plugin's
     # configure) still stops the fork server launched at configure.
@@ -247,10 +265,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         childruns.close(config)
 
 
-def _launch_early(config: pytest.Config, settings: Settings) -> None:
+def _launch_early(config: pytest.Config, settings: Settings, options: Optional[Any] = None) -> None:
     """When the last session of this project had marked tests, launch this interpreter's
     fork server now: its longest part, importing pytest, then overlaps the rest of the
-    configuration and the collection (it gets the command line at session start)."""
+    start, the conftest files and the collection (it gets the command line at session
+    start).  Called before the conftest files are loaded (``options``: the
+    known arguments), then again at configure, which keeps that server only if the
+    conftest files left the environment it was started with as it was."""
     from pytest_daemonexit import childruns, interpreters
 
     flags = settings.python_flags()
@@ -258,21 +279,34 @@ def _launch_early(config: pytest.Config, settings: Settings) -> None:
         start_mode(settings) != "forkserver"
         or (settings.pythons and interpreters.CURRENT not in settings.pythons)
         or childruns.spawned_anyway(tuple(sys.version_info[:3]), flags)
-        or not _last_session_had_marked_tests(config)
+        or not _last_session_had_marked_tests(config, options)
     ):
+        childruns.stop_early(config)
         return
     childruns.launch_early(config, interpreters.current(), flags)
 
 
-def _last_session_had_marked_tests(config: pytest.Config) -> bool:
+def _last_session_had_marked_tests(config: pytest.Config, options: Optional[Any] = None) -> bool:
     """Whether this session may start its fork servers before it collects a marked test:
-    it may run children, and pytest's cache says the last session had marked tests."""
+    it may run children, and pytest's cache says the last session had marked tests.
+    With ``options`` (the known arguments, before pytest's cache is configured), the
+    cache is read from where pytest will keep it."""
+    if not _may_run_children(config, options):
+        return False
     cache = getattr(config, "cache", None)
-    return (
-        cache is not None
-        and _may_run_children(config)
-        and cache.get(MARKED_CACHE_KEY, False) is True
-    )
+    if options is not None:
+        if getattr(options, "cacheclear", False) or not config.pluginmanager.has_plugin(
+            "cacheprovider"
+        ):
+            return False
+        try:
+            from _pytest.cacheprovider import Cache
+
+            path = Cache.cache_dir_from_config(config, _ispytest=True)
+            cache = Cache(path, config, _ispytest=True)
+        except Exception:  # another pytest's internals: then wait for configure
+            return False
+    return cache is not None and cache.get(MARKED_CACHE_KEY, False) is True
 
 
 def _interpreters(config: pytest.Config, settings: Settings) -> Tuple[Interpreter, ...]:
@@ -455,16 +489,27 @@ def _prestart(item: pytest.Item) -> None:
     childruns.session_runs(config).prestart(item.stash[ITEM_KEY], config.stash[INTERPRETERS_KEY])
 
 
-def _may_run_children(config: pytest.Config) -> bool:
+def _may_run_children(config: pytest.Config, options: Optional[Any] = None) -> bool:
     """False where no marked test will run a child: in a child, an xdist controller,
-    ``--collect-only``, ``--fixtures``, a debugger (marked tests are skipped)."""
+    ``--collect-only``, ``--fixtures``, a debugger (marked tests are skipped).
+    ``options``: the known arguments, before pytest (and xdist) finished parsing them."""
+    option = config.option if options is None else options
+    worker = hasattr(config, "workerinput") or (
+        # xdist sets its worker's input only after parsing, its environment before (a
+        # pytest started from a worker inherits it: configure then stops that server).
+        options is not None and "PYTEST_XDIST_WORKER" in os.environ
+    )
+    # -n N makes a controller; xdist turns it into --dist only once parsing is done.
+    controller = getattr(option, "dist", "no") != "no" or (
+        options is not None and bool(getattr(option, "numprocesses", None))
+    )
     return not (
         _in_child(config)
-        or config.option.collectonly
-        or getattr(config.option, "showfixtures", False)
-        or getattr(config.option, "show_fixtures_per_test", False)
-        or any(config.getoption(o, False) for o in ("usepdb", "trace"))
-        or (getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput"))
+        or getattr(option, "collectonly", False)
+        or getattr(option, "showfixtures", False)
+        or getattr(option, "show_fixtures_per_test", False)
+        or any(getattr(option, o, False) for o in ("usepdb", "trace"))
+        or (controller and not worker)
     )
 
 

@@ -569,12 +569,18 @@ EARLY_CONFTEST = """
             found += parent == os.getpid() and b"pytest_daemonexit.forkserver" in cmdline
         return found
 
+    from pytest_daemonexit import child
+
+    if not child.RUNNING:  # imported by pytest in the parent, not by the test's child
+        with open("servers-at-conftest-import", "a") as f:
+            f.write(f"{_servers()}\\n")
+
     def pytest_sessionstart(session):
         from pytest_daemonexit import child
 
         if child.RUNNING:  # the test's own session, in the child
             return
-        with open("servers-at-session-start", "a") as f:
+        with open("servers-at-start", "a") as f:
             f.write(f"{_servers()}\\n")
         # After the plugin's configure: an interpreter launched then lacks it.
         os.environ["PYTHONPATH"] = str(session.config.rootpath / "extra")
@@ -589,25 +595,35 @@ EARLY_TEST = """
 """
 
 
-def test_a_server_is_launched_at_configure_and_left_if_the_environment_then_changed(
-    run, pytester
+def test_a_server_is_launched_before_the_conftest_files_and_left_if_the_environment_changed(
+    run, pytester, monkeypatch
 ):
+    # This suite's own xdist worker must not make the pytest under test look like one.
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     run.write(EARLY_TEST)
     pytester.makeconftest(textwrap.dedent(EARLY_CONFTEST))
     pytester.mkdir("extra").joinpath("extramod.py").write_text("")
-    counts = pytester.path / "servers-at-session-start"
 
-    def servers_at_session_start(*args: str) -> int:
+    def servers(*args: str) -> List[Tuple[int, int]]:
+        """For each process that imported the conftest file, in order: how many servers
+        it ran then, and at its session start."""
+        files = [pytester.path / f"servers-at-{when}" for when in ("conftest-import", "start")]
+        for path in files:
+            path.unlink(missing_ok=True)
         run(*args).assert_outcomes(passed=1)
-        return int(counts.read_text().split()[-1])
+        imported, started = (list(map(int, path.read_text().split())) for path in files)
+        return list(zip(imported, started))
 
     # Nothing says yet that this project has marked tests: nothing runs before the session.
-    assert servers_at_session_start("--daemonexit-start=forkserver") == 0
-    # Now the server is launched at configure, before any conftest's session start; this
-    # one set an interpreter-start variable since, so that server is replaced by one
-    # started with it (the test fails in a child of the early one).
-    assert servers_at_session_start("--daemonexit-start=forkserver") == 1
-    assert servers_at_session_start("--daemonexit-start=spawn") == 0
+    assert servers("--daemonexit-start=forkserver") == [(0, 0)]
+    # Now the server is launched before pytest imports the conftest file (whose imports
+    # it overlaps). The conftest file sets an interpreter-start variable at session start,
+    # after it: that server is replaced by one started with it (the test fails in a
+    # child of the early one).
+    assert servers("--daemonexit-start=forkserver") == [(1, 1)]
+    assert servers("--daemonexit-start=spawn") == [(0, 0)]
+    # Under xdist the worker launches its own; the controller, which runs no test, none.
+    assert servers("--daemonexit-start=forkserver", "-n", "1") == [(0, 0), (1, 1)]
     assert _leftovers(pytester) == []
 
 
