@@ -355,6 +355,10 @@ def launch_early(config: pytest.Config, interp: Interpreter, flags: Tuple[str, .
     from pytest_daemonexit import forkserver
 
     env = _server_environment()
+    if EARLY_KEY not in config.stash:
+        # pytest unconfigures only a configured session: this also covers a command line
+        # that fails to parse after the launch, in a process that goes on (pytest.main).
+        config.add_cleanup(functools.partial(stop_early, config))
     early = config.stash.setdefault(EARLY_KEY, [])
     for server in list(early):
         if server.python == interp.path and server.python_flags == flags:

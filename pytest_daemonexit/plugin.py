@@ -491,7 +491,8 @@ def _prestart(item: pytest.Item) -> None:
 
 def _may_run_children(config: pytest.Config, options: Optional[Any] = None) -> bool:
     """False where no marked test will run a child: in a child, an xdist controller,
-    ``--collect-only``, ``--fixtures``, a debugger (marked tests are skipped).
+    ``--collect-only``, ``--fixtures``, ``--markers``, ``--help``, a debugger (marked tests
+    are skipped).
     ``options``: the known arguments, before pytest (and xdist) finished parsing them."""
     option = config.option if options is None else options
     worker = hasattr(config, "workerinput") or (
@@ -508,6 +509,7 @@ def _may_run_children(config: pytest.Config, options: Optional[Any] = None) -> b
         or getattr(option, "collectonly", False)
         or getattr(option, "showfixtures", False)
         or getattr(option, "show_fixtures_per_test", False)
+        or any(getattr(option, o, False) for o in ("showmarkers", "help", "version"))
         or any(getattr(option, o, False) for o in ("usepdb", "trace"))
         or (controller and not worker)
     )

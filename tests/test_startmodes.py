@@ -552,11 +552,11 @@ def test_servers_start_with_the_session_when_the_last_one_had_marked_tests(run, 
     assert _leftovers(pytester) == []
 
 
-EARLY_CONFTEST = """
+SERVERS = """
     import os
 
-    def _servers():
-        \"\"\"The plugin's fork servers already running, children of this process.\"\"\"
+    def servers():
+        \"\"\"The plugin's fork servers running, children of this process.\"\"\"
         found = 0
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
@@ -568,6 +568,12 @@ EARLY_CONFTEST = """
                 continue
             found += parent == os.getpid() and b"pytest_daemonexit.forkserver" in cmdline
         return found
+"""
+
+EARLY_CONFTEST = """
+    import os
+
+    from servers import servers as _servers
 
     from pytest_daemonexit import child
 
@@ -601,6 +607,7 @@ def test_a_server_is_launched_before_the_conftest_files_and_left_if_the_environm
     # This suite's own xdist worker must not make the pytest under test look like one.
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     run.write(EARLY_TEST)
+    pytester.makepyfile(servers=textwrap.dedent(SERVERS))
     pytester.makeconftest(textwrap.dedent(EARLY_CONFTEST))
     pytester.mkdir("extra").joinpath("extramod.py").write_text("")
 
@@ -625,6 +632,32 @@ def test_a_server_is_launched_before_the_conftest_files_and_left_if_the_environm
     # Under xdist the worker launches its own; the controller, which runs no test, none.
     assert servers("--daemonexit-start=forkserver", "-n", "1") == [(0, 0), (1, 1)]
     assert _leftovers(pytester) == []
+
+
+
+def test_a_command_line_that_fails_after_the_launch_leaves_no_server(pytester):
+    """pytest.main in a process that goes on: the server launched before the conftest files
+    is stopped although the session never configured."""
+    pytester.makepyfile(servers=textwrap.dedent(SERVERS))
+    pytester.makepyfile(test_it=textwrap.dedent(EARLY_TEST).replace("import extramod", "pass"))
+    script = pytester.makepyfile(
+        main="""
+        import sys
+
+        import pytest
+        from servers import servers
+
+        args = ["-p", "daemonexit", "-p", "no:hypothesispytest", "--daemonexit-start=forkserver"]
+        assert pytest.main([*args, "-q", "test_it.py"]) == 0  # pytest's cache: marked tests
+        assert servers() == 0
+        assert pytest.main([*args, "--no-such-option", "test_it.py"]) == 4  # a usage error
+        print("servers left:", servers())
+        """
+    )
+    result = pytester.run(sys.executable, str(script), timeout=120)
+    assert result.ret == 0, result.stderr.str()
+    result.stdout.fnmatch_lines(["servers left: 0"])
+    result.stderr.fnmatch_lines(["*unrecognized arguments: --no-such-option*"])
 
 
 BYTECODE = """
