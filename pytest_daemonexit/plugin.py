@@ -265,13 +265,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         childruns.close(config)
 
 
-def _launch_early(config: pytest.Config, settings: Settings, options: Optional[Any] = None) -> None:
-    """When the last session of this project had marked tests, launch this interpreter's
-    fork server now: its longest part, importing pytest, then overlaps the rest of the
-    start, the conftest files and the collection (it gets the command line at session
-    start).  Called before the conftest files are loaded (``options``: the
-    known arguments), then again at configure, which keeps that server only if the
-    conftest files left the environment it was started with as it was."""
+def _launch_early(
+    config: pytest.Config, settings: Settings, options: Optional[Any] = None
+) -> None:
+    """When this session is likely to have marked tests, launch this interpreter's fork
+    server now: its longest part, importing pytest, then overlaps the rest of the start,
+    the conftest files and the collection.  Called before the conftest files are loaded
+    (``options``: the known arguments), then again at configure, which keeps that server
+    only if the conftest files left the environment it was started with as it was."""
     from pytest_daemonexit import childruns, interpreters
 
     flags = settings.python_flags()
@@ -279,34 +280,70 @@ def _launch_early(config: pytest.Config, settings: Settings, options: Optional[A
         start_mode(settings) != "forkserver"
         or (settings.pythons and interpreters.CURRENT not in settings.pythons)
         or childruns.spawned_anyway(tuple(sys.version_info[:3]), flags)
-        or not _last_session_had_marked_tests(config, options)
+        or not _expects_marked_tests(config, options)
     ):
         childruns.stop_early(config)
         return
     childruns.launch_early(config, interpreters.current(), flags)
 
 
-def _last_session_had_marked_tests(config: pytest.Config, options: Optional[Any] = None) -> bool:
-    """Whether this session may start its fork servers before it collects a marked test:
-    it may run children, and pytest's cache says the last session had marked tests.
-    With ``options`` (the known arguments, before pytest's cache is configured), the
-    cache is read from where pytest will keep it."""
+def _expects_marked_tests(config: pytest.Config, options: Optional[Any] = None) -> bool:
+    """Whether to launch a fork server before any marked test is collected: this session
+    may run children, and pytest's cache says the last session had marked tests or, with
+    no record there (a fresh checkout, ``--cache-clear``), the plugin is asked for by
+    name or one of its options is set."""
     if not _may_run_children(config, options):
         return False
+    record = _marked_record(config, options)
+    if record is not None:
+        return record
+    return _asked_for(config, config.option if options is None else options)
+
+
+def _last_session_had_marked_tests(config: pytest.Config) -> bool:
+    """Whether this session may start its fork servers at session start, before it
+    collects a marked test: it may run children, and pytest's cache says the last
+    session had marked tests."""
+    return _may_run_children(config) and _marked_record(config) is True
+
+
+def _marked_record(config: pytest.Config, options: Optional[Any] = None) -> Optional[bool]:
+    """What pytest's cache says of the last session's marked tests; None: nothing.  With
+    ``options`` (the known arguments, before pytest's cache is configured), the cache is
+    read from where pytest will keep it."""
     cache = getattr(config, "cache", None)
     if options is not None:
         if getattr(options, "cacheclear", False) or not config.pluginmanager.has_plugin(
             "cacheprovider"
         ):
-            return False
+            return None
         try:
             from _pytest.cacheprovider import Cache
 
             path = Cache.cache_dir_from_config(config, _ispytest=True)
             cache = Cache(path, config, _ispytest=True)
-        except Exception:  # another pytest's internals: then wait for configure
-            return False
-    return cache is not None and cache.get(MARKED_CACHE_KEY, False) is True
+        except Exception:  # another pytest's internals
+            return None
+    value = cache.get(MARKED_CACHE_KEY, None) if cache is not None else None
+    return value if isinstance(value, bool) else None
+
+
+def _asked_for(config: pytest.Config, option: Any) -> bool:
+    """The plugin named on the command line (``-p daemonexit``) or in ``PYTEST_PLUGINS``,
+    or one of its options set on the command line or in the ini file."""
+    names = {"daemonexit", __name__}
+    if names & set(getattr(option, "plugins", None) or ()):
+        return True
+    if names & {name.strip() for name in os.environ.get("PYTEST_PLUGINS", "").split(",")}:
+        return True
+    if any(
+        name.startswith("daemonexit_") and value not in (None, False, "", [])
+        for name, value in vars(option).items()
+    ):
+        return True
+    return any(
+        spec.command_line and config.getini(spec.ini) not in ("", [], None) for spec in OPTIONS
+    )
 
 
 def _interpreters(config: pytest.Config, settings: Settings) -> Tuple[Interpreter, ...]:
@@ -509,7 +546,10 @@ def _may_run_children(config: pytest.Config, options: Optional[Any] = None) -> b
         or getattr(option, "collectonly", False)
         or getattr(option, "showfixtures", False)
         or getattr(option, "show_fixtures_per_test", False)
-        or any(getattr(option, o, False) for o in ("showmarkers", "help", "version"))
+        or any(
+            getattr(option, o, False)
+            for o in ("showmarkers", "help", "version", "daemonexit_list_policies")
+        )
         or any(getattr(option, o, False) for o in ("usepdb", "trace"))
         or (controller and not worker)
     )

@@ -10,6 +10,7 @@ import textwrap
 from typing import Any, Dict, List, Tuple
 
 import pytest
+from conftest import RUN_GUARD_SECONDS
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the fork server runs on Linux"
@@ -556,8 +557,8 @@ SERVERS = """
     import os
 
     def servers():
-        \"\"\"The plugin's fork servers running, children of this process.\"\"\"
-        found = 0
+        \"\"\"The pids of the plugin's fork servers running, children of this process.\"\"\"
+        found = []
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
                 with open(f"/proc/{pid}/stat") as f:
@@ -566,11 +567,13 @@ SERVERS = """
                     cmdline = f.read()
             except (OSError, ValueError, IndexError):
                 continue
-            found += parent == os.getpid() and b"pytest_daemonexit.forkserver" in cmdline
+            if parent == os.getpid() and b"pytest_daemonexit.forkserver" in cmdline:
+                found.append(int(pid))
         return found
 """
 
 EARLY_CONFTEST = """
+    import json
     import os
 
     from servers import servers as _servers
@@ -579,7 +582,7 @@ EARLY_CONFTEST = """
 
     if not child.RUNNING:  # imported by pytest in the parent, not by the test's child
         with open("servers-at-conftest-import", "a") as f:
-            f.write(f"{_servers()}\\n")
+            f.write(json.dumps(_servers(), separators=(",", ":")) + "\\n")
 
     def pytest_sessionstart(session):
         from pytest_daemonexit import child
@@ -587,9 +590,11 @@ EARLY_CONFTEST = """
         if child.RUNNING:  # the test's own session, in the child
             return
         with open("servers-at-start", "a") as f:
-            f.write(f"{_servers()}\\n")
+            f.write(json.dumps(_servers(), separators=(",", ":")) + "\\n")
         # After the plugin's configure: an interpreter launched then lacks it.
-        os.environ["PYTHONPATH"] = str(session.config.rootpath / "extra")
+        extra = str(session.config.rootpath / "extra")
+        if extra not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+            os.environ["PYTHONPATH"] = extra
 """
 
 EARLY_TEST = """
@@ -597,7 +602,12 @@ EARLY_TEST = """
 
     @pytest.mark.daemon_exit
     def test_marked():
+        import os
+
         import extramod  # found through PYTHONPATH, read at the interpreter's start
+
+        with open("child-parent", "a") as f:
+            f.write(f"{os.getppid()}\\n")
 """
 
 
@@ -607,32 +617,58 @@ def test_a_server_is_launched_before_the_conftest_files_and_left_if_the_environm
     # This suite's own xdist worker must not make the pytest under test look like one.
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     run.write(EARLY_TEST)
+    pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
     pytester.makepyfile(servers=textwrap.dedent(SERVERS))
     pytester.makeconftest(textwrap.dedent(EARLY_CONFTEST))
     pytester.mkdir("extra").joinpath("extramod.py").write_text("")
 
     def servers(*args: str) -> List[Tuple[int, int]]:
         """For each process that imported the conftest file, in order: how many servers
-        it ran then, and at its session start."""
+        it ran then, and at its session start.  The plugin is loaded by its entry point,
+        and no option of its is given unless ``args`` has one."""
         files = [pytester.path / f"servers-at-{when}" for when in ("conftest-import", "start")]
-        for path in files:
+        for path in [*files, pytester.path / "child-parent"]:
             path.unlink(missing_ok=True)
-        run(*args).assert_outcomes(passed=1)
-        imported, started = (list(map(int, path.read_text().split())) for path in files)
-        return list(zip(imported, started))
+        result = pytester.runpytest_subprocess(
+            "-p", "no:hypothesispytest", *args, timeout=RUN_GUARD_SECONDS
+        )
+        result.assert_outcomes(passed=1)
+        imported, started = (list(map(json.loads, path.read_text().split())) for path in files)
+        launched[:] = imported[-1]
+        return [(len(a), len(b)) for a, b in zip(imported, started)]
 
+    def children_of_the_early_server() -> bool:
+        """Whether the early server forked every child run of the last session."""
+        forked_by = set(map(int, (pytester.path / "child-parent").read_text().split()))
+        return [*forked_by] == launched
+
+    launched: List[int] = []
     # Nothing says yet that this project has marked tests: nothing runs before the session.
-    assert servers("--daemonexit-start=forkserver") == [(0, 0)]
-    # Now the server is launched before pytest imports the conftest file (whose imports
-    # it overlaps). The conftest file sets an interpreter-start variable at session start,
-    # after it: that server is replaced by one started with it (the test fails in a
-    # child of the early one).
-    assert servers("--daemonexit-start=forkserver") == [(1, 1)]
-    assert servers("--daemonexit-start=spawn") == [(0, 0)]
+    assert servers("test_it.py") == [(0, 0)]
+    # Now pytest's cache says so: the server is launched before pytest imports the
+    # conftest file (whose imports it overlaps). The conftest file sets an
+    # interpreter-start variable at session start, after it: that server is replaced by
+    # one started with it (the test fails in a child of the early one) ...
+    assert servers("test_it.py") == [(1, 1)]
+    assert not children_of_the_early_server()
+    # ... and where the variable was already set, the early server forks the child.
+    with monkeypatch.context() as patch:
+        patch.setenv("PYTHONPATH", str(pytester.path / "extra"))
+        assert servers("test_it.py") == [(1, 1)]
+        assert children_of_the_early_server()
+    assert servers("--daemonexit-start=spawn", "test_it.py") == [(0, 0)]
     # Under xdist the worker launches its own; the controller, which runs no test, none.
-    assert servers("--daemonexit-start=forkserver", "-n", "1") == [(0, 0), (1, 1)]
+    assert servers("-n", "1", "test_it.py") == [(0, 0), (1, 1)]
+    # With no record in the cache (a fresh checkout), a command line that names the
+    # plugin or sets one of its options is taken to mean marked tests ...
+    with monkeypatch.context() as patch:
+        patch.setenv("PYTHONPATH", str(pytester.path / "extra"))
+        assert servers("--cache-clear", "-p", "daemonexit", "test_it.py") == [(1, 1)]
+        assert children_of_the_early_server()
+    assert servers("--cache-clear", "--daemonexit-jobs=1", "test_plain.py") == [(1, 1)]
+    # ... but the cache, which now says the last session had none, wins.
+    assert servers("-p", "daemonexit", "test_it.py") == [(0, 0)]
     assert _leftovers(pytester) == []
-
 
 
 def test_a_command_line_that_fails_after_the_launch_leaves_no_server(pytester):
@@ -649,9 +685,9 @@ def test_a_command_line_that_fails_after_the_launch_leaves_no_server(pytester):
 
         args = ["-p", "daemonexit", "-p", "no:hypothesispytest", "--daemonexit-start=forkserver"]
         assert pytest.main([*args, "-q", "test_it.py"]) == 0  # pytest's cache: marked tests
-        assert servers() == 0
+        assert servers() == []
         assert pytest.main([*args, "--no-such-option", "test_it.py"]) == 4  # a usage error
-        print("servers left:", servers())
+        print("servers left:", len(servers()))
         """
     )
     result = pytester.run(sys.executable, str(script), timeout=120)
