@@ -31,23 +31,18 @@ def _pyenv_bins() -> list[str]:
 os.environ["PATH"] = os.pathsep.join([*_pyenv_bins(), os.environ.get("PATH", "")])
 
 
+def _suite(session: nox.Session, *options: str) -> None:
+    session.run(
+        "python", "-m", "pytest", "-n", "2", "-p", "no:cacheprovider", *options,
+        *session.posargs, "tests/",
+    )  # fmt: skip
+
+
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     # The acceptance tests drive every installed interpreter themselves: once is enough.
-    marker = [] if session.python == "3.11" else ["-m", "not acceptance"]
-    session.run(
-        "python",
-        "-m",
-        "pytest",
-        "-n",
-        "2",
-        "-p",
-        "no:cacheprovider",
-        *marker,
-        *session.posargs,
-        "tests/",
-    )
+    _suite(session, *([] if session.python == "3.11" else ["-m", "not acceptance"]))
 
 
 @nox.session(python="3.11")
@@ -63,18 +58,4 @@ def coverage(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     # sys.monitoring (3.12+) measures the same lines in three quarters of the time.
     session.env["COVERAGE_CORE"] = "sysmon"
-    session.run(
-        "python",
-        "-m",
-        "pytest",
-        "-n",
-        "2",
-        "-p",
-        "no:cacheprovider",
-        "-m",
-        "not acceptance",
-        "--cov",
-        "--cov-report=term",
-        *session.posargs,
-        "tests/",
-    )
+    _suite(session, "-m", "not acceptance", "--cov", "--cov-report=term")
