@@ -257,8 +257,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    # A session that never started (``--markers``, an error in another plugin's
-    # configure) still stops the fork server launched at configure.
+    # A session that never started (an error in another plugin's configure) still stops
+    # the fork server launched before it.
     if "pytest_daemonexit.childruns" in sys.modules:
         from pytest_daemonexit import childruns
 
@@ -543,16 +543,23 @@ def _may_run_children(config: pytest.Config, options: Optional[Any] = None) -> b
     )
     return not (
         _in_child(config)
-        or getattr(option, "collectonly", False)
-        or getattr(option, "showfixtures", False)
-        or getattr(option, "show_fixtures_per_test", False)
-        or any(
-            getattr(option, o, False)
-            for o in ("showmarkers", "help", "version", "daemonexit_list_policies")
-        )
-        or any(getattr(option, o, False) for o in ("usepdb", "trace"))
+        or any(getattr(option, name, False) for name in _NO_CHILDREN_OPTIONS)
         or (controller and not worker)
     )
+
+
+#: Options with which no marked test runs a child (the debuggers skip marked tests).
+_NO_CHILDREN_OPTIONS = (
+    "collectonly",
+    "showfixtures",
+    "show_fixtures_per_test",
+    "showmarkers",
+    "help",
+    "version",
+    "daemonexit_list_policies",
+    "usepdb",
+    "trace",
+)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
