@@ -359,13 +359,11 @@ def launch_early(config: pytest.Config, interp: Interpreter, flags: Tuple[str, .
         # pytest unconfigures only a configured session: this also covers a command line
         # that fails to parse after the launch, in a process that goes on (pytest.main).
         config.add_cleanup(functools.partial(stop_early, config))
+    kept = _take_early(config, interp.path, flags, env)
     early = config.stash.setdefault(EARLY_KEY, [])
-    for server in list(early):
-        if server.python == interp.path and server.python_flags == flags:
-            if server.env == env and server.proc is not None and server.proc.poll() is None:
-                return
-            early.remove(server)
-            server.discard()
+    if kept is not None:
+        early.append(kept)
+        return
     server = _new_server(config, interp.path, flags, env)
     try:
         server.boot()
