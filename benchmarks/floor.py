@@ -13,8 +13,8 @@ everything the server imported.  This script measures that floor on this machine
 Before forking, this process does what the fork server does before its first fork: it
 imports pytest, prepares pytest's configuration with plugin autoload as the environment
 says (so installed plugins, hypothesis' included, are imported), imports ``hypothesis``
-when it is installed (its pytest plugin imports it in every session), then
-``gc.collect()`` and ``gc.freeze()``.  A pytest session in the child comes on top of this
+when it is installed (its pytest plugin imports it in every session), with the collector
+off, then ``gc.freeze()`` and the collector on again.  A pytest session in the child comes on top of this
 floor; ``benchmarks/overhead.py`` measures whole runs.
 
 Usage: python benchmarks/floor.py [--rounds N] [--forks N]
@@ -55,13 +55,14 @@ def _pass() -> float:
 
 def prepare() -> int:
     """Import what a fork server imports; returns how many modules are loaded."""
+    gc.disable()
     from _pytest.config import _prepareconfig
 
     _prepareconfig(["-q", "-p", "no:cacheprovider"], [])
     if importlib.util.find_spec("hypothesis") is not None:
         import hypothesis  # noqa: F401
-    gc.collect()
     gc.freeze()
+    gc.enable()
     return len(sys.modules)
 
 

@@ -159,8 +159,11 @@ FAITHFUL_CONFTEST = """
 """
 
 FAITHFUL_TEST = """
-    import os, signal, sys, threading, pytest
+    import gc, os, signal, sys, threading, pytest
     import conftest
+
+    # The collector runs in the child, as in any interpreter, from the test's imports on.
+    COLLECTING_AT_IMPORT = gc.isenabled()
 
     @pytest.mark.daemon_exit(rounds=3)
     def test_the_child_is_fresh(request):
@@ -173,6 +176,8 @@ FAITHFUL_TEST = """
         # Nothing of the fork server's signal handling is left in the child.
         assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
         assert signal.set_wakeup_fd(-1) == -1
+        assert COLLECTING_AT_IMPORT and gc.isenabled()
+        assert gc.get_threshold()[0] > 0
 """
 
 
