@@ -14,8 +14,8 @@ Before forking, this process does what the fork server does before its first for
 imports pytest, prepares pytest's configuration with plugin autoload as the environment
 says (so installed plugins, hypothesis' included, are imported), imports ``hypothesis``
 when it is installed (its pytest plugin imports it in every session), with the collector
-off, then ``gc.freeze()`` and the collector on again.  A pytest session in the child comes on top of this
-floor; ``benchmarks/overhead.py`` measures whole runs.
+off, then ``gc.freeze()`` and the collector on again.  A pytest session in the child comes
+on top of this floor; ``benchmarks/overhead.py`` measures whole runs.
 
 Usage: python benchmarks/floor.py [--rounds N] [--forks N]
 
