@@ -318,9 +318,9 @@ def spawned_anyway(version: Tuple[int, ...], flags: Tuple[str, ...]) -> bool:
 
 
 def _server_environment() -> Dict[str, str]:
-    from pytest_daemonexit import runner
+    from pytest_daemonexit import childenv
 
-    env = runner.child_environment()
+    env = childenv.child_environment()
     for name in _PER_RUN_ENV:
         env.pop(name, None)
     return env
@@ -330,7 +330,7 @@ def _new_server(
     config: pytest.Config, python: str, flags: Tuple[str, ...], env: Dict[str, str]
 ) -> ForkServer:
     """A server not started yet; its command line and directory come with ``adopt``."""
-    from pytest_daemonexit import forkserver, runner
+    from pytest_daemonexit import childenv, forkserver
 
     return forkserver.ForkServer(
         python=python,
@@ -339,7 +339,7 @@ def _new_server(
         plugins=(),
         cwd=str(config.invocation_params.dir),
         env=env,
-        sys_path0=runner.ORIGINAL_SYS_PATH0,
+        sys_path0=childenv.ORIGINAL_SYS_PATH0,
         workdir="",
     )
 

@@ -159,13 +159,13 @@ class ForkServer:
         overlap the rest of the parent's configuration and collection."""
         import tempfile
 
-        from pytest_daemonexit import runner
+        from pytest_daemonexit import childenv
 
         if self.proc is not None:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         boot = json.dumps({"control_fd": theirs.fileno(), "parent_pid": os.getpid()})
-        argv = runner.interpreter_argv(
+        argv = childenv.interpreter_argv(
             self.python, self.python_flags, self.sys_path0, "forkserver", boot
         )
         try:
