@@ -3,6 +3,7 @@ when a marked test actually runs."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import random
@@ -240,6 +241,51 @@ def pytest_configure(config: pytest.Config) -> None:
     from pytest_daemonexit import cireports
 
     cireports.configure(config, settings)
+
+
+def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
+    """The first moment the fork server can be launched: this plugin is registered, while
+    pytest is still loading the others (hypothesis' plugin imports for 20 to 60 ms) and
+    before the conftest files.  The command line is parsed here as pytest will parse it,
+    with this plugin's options; ``pytest_load_initial_conftests`` checks the launch again
+    with everything loaded and keeps the server only if nothing changed."""
+    if plugin is not sys.modules[__name__]:
+        return
+    config = manager.get_plugin("pytestconfig")
+    if not isinstance(config, pytest.Config) or _in_child(config):
+        return
+    options = _options_while_loading(config)
+    if options is None:
+        return
+    try:
+        settings = session_settings(config, options)
+    except pytest.UsageError:
+        return  # reported at configure
+    _launch_early(config, settings, options)
+
+
+def _options_while_loading(config: pytest.Config) -> Optional[Any]:
+    """The command line (ini and environment ``addopts`` first, as pytest puts them) parsed
+    with the options registered so far; None when it cannot be told yet whether this is
+    an xdist controller (xdist's ``-n`` is not registered yet) or pytest's parser is not
+    the one this was written for."""
+    try:
+        args = [
+            *config.getini("addopts"),
+            *shlex.split(os.environ.get("PYTEST_ADDOPTS", "")),
+            *config.invocation_params.args,
+        ]
+        options = config._parser.parse_known_args(args, namespace=copy.copy(config.option))
+    except Exception:  # a bad command line is pytest's to report, a moment later
+        return None
+    controller = ("-n", "--numprocesses", "--dist", "--tx")
+    if (
+        not hasattr(options, "numprocesses")
+        and "PYTEST_XDIST_WORKER" not in os.environ
+        and any(str(arg).startswith(controller) for arg in args)
+    ):
+        return None
+    return options
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -425,7 +425,7 @@ def test_a_server_that_dies_while_it_starts_says_why_and_its_runs_are_spawned(ru
     pytester.makepyfile(
         dyingplugin="""
         import os, sys
-        if "pytest_daemonexit.forkserver" in sys.modules:  # only in the fork server
+        if '"control_fd"' in sys.argv[-1]:  # only in the fork server (its boot message)
             sys.stderr.write("dyingplugin: no server here\\n")
             sys.stderr.flush()
             os._exit(3)
@@ -673,6 +673,55 @@ def test_a_server_is_launched_before_the_conftest_files_and_left_if_the_environm
     assert servers("--cache-clear", "--daemonexit-jobs=1", "test_plain.py") == [(1, 1)]
     # ... but the cache, which now says the last session had none, wins.
     assert servers("-p", "daemonexit", "test_it.py") == [(0, 0)]
+    assert _leftovers(pytester) == []
+
+
+LATER_PLUGIN = """
+    import json
+
+    from servers import servers
+
+    with open("servers-at-plugin-import", "a") as f:
+        f.write(json.dumps(servers()) + "\\n")
+"""
+
+
+def test_the_server_is_launched_while_pytest_still_loads_the_other_plugins(
+    run, pytester, monkeypatch
+):
+    """Launched when the plugin is registered, the server starts before the plugins
+    that load after it (PYTEST_PLUGINS here; hypothesis' in a usual venv) are imported,
+    and it is the one that forks the runs when nothing changed since."""
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    run.write(EARLY_TEST.replace("import extramod", "pass"))
+    pytester.makepyfile(servers=textwrap.dedent(SERVERS))
+    pytester.makepyfile(later_plugin=textwrap.dedent(LATER_PLUGIN))
+    monkeypatch.setenv("PYTEST_PLUGINS", "later_plugin")
+    record = pytester.path / "servers-at-plugin-import"
+
+    def session(*args: str) -> Tuple[List[int], List[int]]:
+        for path in (record, pytester.path / "child-parent"):
+            path.unlink(missing_ok=True)
+        result = pytester.runpytest_subprocess(
+            "-p", "daemonexit", "-p", "no:hypothesispytest", *args, timeout=RUN_GUARD_SECONDS
+        )
+        result.assert_outcomes(passed=1)
+        forked_by = sorted(set(map(int, (pytester.path / "child-parent").read_text().split())))
+        # The first import is pytest's own; the server and spawned children import it too.
+        return json.loads(record.read_text().splitlines()[0]), forked_by
+
+    # A fresh checkout: the command line names the plugin, so the server is launched.
+    launched, forked_by = session("--cache-clear", "test_it.py")
+    assert len(launched) == 1 and forked_by == launched
+    launched, forked_by = session("test_it.py")
+    assert len(launched) == 1 and forked_by == launched
+    # Not where no marked test will run a child, nor in an xdist controller.
+    assert session("--daemonexit-start=spawn", "test_it.py")[0] == []
+    with monkeypatch.context() as patch:  # addopts count, as pytest parses them
+        patch.setenv("PYTEST_ADDOPTS", "--daemonexit-start=spawn")
+        assert session("test_it.py")[0] == []
+    launched, forked_by = session("-n", "1", "test_it.py")
+    assert launched == [] and len(forked_by) == 1
     assert _leftovers(pytester) == []
 
 
