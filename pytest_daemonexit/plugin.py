@@ -311,9 +311,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         childruns.close(config)
 
 
-def _launch_early(
-    config: pytest.Config, settings: Settings, options: Optional[Any] = None
-) -> None:
+def _launch_early(config: pytest.Config, settings: Settings, options: Optional[Any] = None) -> None:
     """When this session is likely to have marked tests, launch this interpreter's fork
     server now: its longest part, importing pytest, then overlaps the rest of the start,
     the conftest files and the collection.  Called before the conftest files are loaded

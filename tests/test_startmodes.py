@@ -354,9 +354,7 @@ def test_builtin_plugin_and_own_fixtures_reach_the_child(run, pytester, start):
             """
         ),
     )
-    result = run(
-        "-p", "fixtureplugin", f"--daemonexit-start={start}", "--daemonexit-report=r.json"
-    )
+    result = run("-p", "fixtureplugin", f"--daemonexit-start={start}", "--daemonexit-report=r.json")
     result.assert_outcomes(passed=18)
     assert {r["start"] for r in _runs(pytester, "r.json")} == {start}
 
@@ -432,9 +430,7 @@ def test_a_server_that_dies_while_it_starts_says_why_and_its_runs_are_spawned(ru
         """
     )
     run.write("import pytest\n\n@pytest.mark.daemon_exit\ndef test_x():\n    pass\n")
-    result = run(
-        "-p", "dyingplugin", "--daemonexit-report=r.json", "--daemonexit-start=forkserver"
-    )
+    result = run("-p", "dyingplugin", "--daemonexit-report=r.json", "--daemonexit-start=forkserver")
     result.assert_outcomes(passed=1)
     assert {r["start"] for r in _runs(pytester, "r.json")} == {"spawn"}
     result.stdout.fnmatch_lines(
