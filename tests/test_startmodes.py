@@ -674,11 +674,14 @@ def test_a_server_is_launched_before_the_conftest_files_and_left_if_the_environm
 
 LATER_PLUGIN = """
     import json
+    import os
 
     from servers import servers
 
     with open("servers-at-plugin-import", "a") as f:
         f.write(json.dumps(servers()) + "\\n")
+    if os.environ.get("LATER_PLUGIN_SETS"):
+        os.environ["SET_BY_LATER_PLUGIN"] = "1"
 """
 
 
@@ -711,6 +714,11 @@ def test_the_server_is_launched_while_pytest_still_loads_the_other_plugins(
     assert len(launched) == 1 and forked_by == launched
     launched, forked_by = session("test_it.py")
     assert len(launched) == 1 and forked_by == launched
+    # A plugin imported after it changed the environment: it is replaced.
+    with monkeypatch.context() as patch:
+        patch.setenv("LATER_PLUGIN_SETS", "1")
+        launched, forked_by = session("test_it.py")
+        assert len(launched) == 1 and len(forked_by) == 1 and forked_by != launched
     # Not where no marked test will run a child, nor in an xdist controller.
     assert session("--daemonexit-start=spawn", "test_it.py")[0] == []
     with monkeypatch.context() as patch:  # addopts count, as pytest parses them
