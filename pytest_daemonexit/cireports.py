@@ -9,6 +9,7 @@ controller, so the files are written once, by the process that sees every test.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -20,7 +21,9 @@ from pytest_daemonexit.judge import Verdict
 from pytest_daemonexit.runner import Evidence
 from pytest_daemonexit.settings import Settings
 
-#: Seconds between rewrites of the report file while the session runs.
+#: Seconds between rewrites of the report file while the session runs: runs that finish
+#: sooner after a rewrite are written this long after it (by a timer, so that a test that
+#: then runs for long, or a killed session, does not keep them off the disk).
 REPORT_INTERVAL = 1.0
 
 
@@ -93,6 +96,9 @@ class ReportFile:
         self.runs: List[Dict[str, Any]] = []
         self.started = time.time()
         self.written = 0.0
+        self._lock = threading.Lock()  # the session's thread and the timer's
+        self._timer: Optional[threading.Timer] = None
+        self._final = False
 
     def _document(self, complete: bool, interrupted: bool) -> Dict[str, Any]:
         from pytest_daemonexit import plugin, policies
@@ -121,12 +127,19 @@ class ReportFile:
         )
 
     def write(self, complete: bool = False, interrupted: bool = False) -> None:
-        try:
-            runrecords.write_report(self.path, self._document(complete, interrupted))
-        except OSError as exc:
-            # Losing the file must not cost the session its results: say so and go on.
-            _warn(self.config, f"cannot write the report {self.path}: {exc}")
-        self.written = time.monotonic()
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._final:
+                return  # the session's last rewrite was made: nothing comes after it
+            self._final = complete
+            try:
+                runrecords.write_report(self.path, self._document(complete, interrupted))
+            except OSError as exc:
+                # Losing the file must not cost the session its results: say so and go on.
+                _warn(self.config, f"cannot write the report {self.path}: {exc}")
+            self.written = time.monotonic()
 
     def pytest_sessionstart(self) -> None:
         self.write()  # an empty, valid report even if no marked test ever finishes
@@ -135,9 +148,17 @@ class ReportFile:
         data = getattr(report, "daemonexit", None)
         if not isinstance(data, dict):
             return
-        self.runs.extend(r for r in data.get("runs", ()) if isinstance(r, dict))
-        if time.monotonic() - self.written >= REPORT_INTERVAL:
-            self.write()
+        with self._lock:
+            self.runs.extend(r for r in data.get("runs", ()) if isinstance(r, dict))
+            wait = REPORT_INTERVAL - (time.monotonic() - self.written)
+            if wait > 0:
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self.write)
+                    self._timer.daemon = True
+                    self._timer.name = "daemonexit-report"
+                    self._timer.start()
+                return
+        self.write()
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
