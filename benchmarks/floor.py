@@ -11,13 +11,14 @@ everything the server imported.  This script measures that floor on this machine
                       real finalization (``sys.exit(0)``), heap frozen as the server does.
 
 Before forking, this process does what the fork server does before its first fork: it
-imports pytest, prepares pytest's configuration with plugin autoload as the environment
-says (so installed plugins, hypothesis' included, are imported), imports ``hypothesis``
-when it is installed (its pytest plugin imports it in every session), with the collector
-off, then ``gc.freeze()`` and the collector on again.  A pytest session in the child comes
-on top of this floor; ``benchmarks/overhead.py`` measures whole runs.
+imports pytest and prepares pytest's configuration with plugin autoload as the environment
+says (so installed plugins' modules, hypothesis' plugin included, are imported), with the
+collector off, then ``gc.freeze()`` and the collector on again.  ``--with-hypothesis``
+also imports ``hypothesis``, as the server did while a child's session still ran
+hypothesis' terminal summary.  A pytest session in the child comes on top of this floor;
+``benchmarks/overhead.py`` measures whole runs.
 
-Usage: python benchmarks/floor.py [--rounds N] [--forks N]
+Usage: python benchmarks/floor.py [--rounds N] [--forks N] [--with-hypothesis]
 
 Run it with the interpreter of the venv to measure (the one that has pytest and the
 plugins installed).  A script, not a test: it asserts nothing about timing.
@@ -53,13 +54,13 @@ def _pass() -> float:
     return time.perf_counter() - start
 
 
-def prepare() -> int:
+def prepare(with_hypothesis: bool = False) -> int:
     """Import what a fork server imports; returns how many modules are loaded."""
     gc.disable()
     from _pytest.config import _prepareconfig
 
     _prepareconfig(["-q", "-p", "no:cacheprovider"], [])
-    if importlib.util.find_spec("hypothesis") is not None:
+    if with_hypothesis and importlib.util.find_spec("hypothesis") is not None:
         import hypothesis  # noqa: F401
     gc.freeze()
     gc.enable()
@@ -70,12 +71,15 @@ def main(argv: List[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
     parser.add_argument("--forks", type=int, default=10, help="samples per variant per round")
+    parser.add_argument(
+        "--with-hypothesis", action="store_true", help="also import hypothesis before forking"
+    )
     args = parser.parse_args(argv)
     if not hasattr(os, "fork"):
         parser.error("this benchmark forks: POSIX only")
     if args.rounds < 1 or args.forks < 1:
         parser.error("--rounds and --forks must be at least 1")
-    modules = prepare()
+    modules = prepare(args.with_hypothesis)
     print(f"interpreter: {sys.executable} ({sys.version.split()[0]}), {modules} modules loaded")
     variants: Dict[str, Callable[[], float]] = {
         "python -c pass": _pass,

@@ -26,6 +26,7 @@ class ChildReporter:
     def pytest_configure(self, config: Any) -> None:
         self.config = config
         config._pytest_daemonexit_child = True
+        skip_terminal_summary(config.pluginmanager)
 
     def _serialize(self, report: Any) -> Dict[str, Any]:
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
@@ -49,6 +50,31 @@ class ChildReporter:
 
     def pytest_unconfigure(self, config: Any) -> None:
         _keep_capture_files_open(config)
+
+
+class _NotCalled:
+    """A hook caller that registers implementations as the one it stands for, but calls
+    none of them."""
+
+    def __init__(self, caller: Any) -> None:
+        self._caller = caller
+
+    def __call__(self, **kwargs: Any) -> List[Any]:
+        return []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._caller, name)
+
+
+def skip_terminal_summary(pluginmanager: Any) -> None:
+    """The child's session ends without ``pytest_terminal_summary``: nobody reads the
+    child's terminal (the parent reports its results), and plugins import modules there
+    that the test never asked for (hypothesis' plugin imports all of hypothesis), which a
+    child would then tear down at exit and a fork server import for every child."""
+    hook: Any = getattr(pluginmanager, "hook", None)
+    caller = getattr(hook, "pytest_terminal_summary", None)
+    if caller is not None and not isinstance(caller, _NotCalled):
+        hook.pytest_terminal_summary = _NotCalled(caller)
 
 
 class _ClosedStandIn:

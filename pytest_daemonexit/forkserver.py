@@ -380,6 +380,9 @@ def _learn_imports(config: Any, empty_dir: str) -> List[str]:
         try:
             os.close(read_fd)
             before = set(sys.modules)
+            from pytest_daemonexit import child
+
+            child.skip_terminal_summary(config.pluginmanager)  # as the children skip it
             config.args, config.args_source = [empty_dir], Config.ArgsSource.ARGS
             config.option.collectonly = True
             config.hook.pytest_cmdline_main(config=config)
@@ -403,6 +406,11 @@ def _learn_imports(config: Any, empty_dir: str) -> List[str]:
     return [str(n) for n in names]
 
 
+#: Changes when what a child imports on its way changes for the same plugins (2: the
+#: terminal summary is skipped), so that lists learned before are learned again.
+_IMPORTS_FORMAT = 2
+
+
 def _imports_key(config: Any, args: Sequence[str]) -> str:
     """What the modules a session imports lazily depend on: the interpreter, the command
     line, the ini file and the plugins' versions (never the tests: none is collected)."""
@@ -418,7 +426,7 @@ def _imports_key(config: Any, args: Sequence[str]) -> str:
         f"{dist.metadata['name']}=={dist.version}"
         for _plugin, dist in config.pluginmanager.list_plugin_distinfo()
     )
-    parts = [sys.executable, sys.version, list(args), ini, dists]
+    parts = [_IMPORTS_FORMAT, sys.executable, sys.version, list(args), ini, dists]
     return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
 
 

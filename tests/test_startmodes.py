@@ -191,6 +191,49 @@ def test_the_child_imports_conftest_and_test_module_itself(run, pytester, start)
     assert len(runs) == 3 and {r["start"] for r in runs} == {start}
 
 
+SUMMARY_PLUGIN = """
+    def pytest_terminal_summary(terminalreporter):
+        import summary_only  # what a plugin imports only to print its summary
+"""
+
+SUMMARY_CONFTEST = """
+    from pytest_daemonexit import child
+
+    def pytest_terminal_summary(terminalreporter):
+        with open(terminalreporter.config.rootpath / "summaries", "a") as f:
+            f.write("child\\n" if child.RUNNING else "parent\\n")
+"""
+
+SUMMARY_TEST = """
+    import atexit, sys, pytest
+
+    def _record():
+        with open("at-exit", "a") as f:
+            f.write(f"{'summary_only' in sys.modules}\\n")
+
+    @pytest.mark.daemon_exit
+    def test_leaves_a_record():
+        atexit.register(_record)
+"""
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_the_child_does_not_run_the_terminal_summary(run, pytester, start):
+    """Nobody reads a child's terminal: its session ends without the plugins' summaries,
+    so what they import for them is neither in the child at exit nor preloaded by the
+    server.  A conftest file loaded during the child's collection may still implement the
+    hook."""
+    pytester.makepyfile(summaryplugin=textwrap.dedent(SUMMARY_PLUGIN), summary_only="")
+    sub = pytester.mkdir("sub")
+    sub.joinpath("conftest.py").write_text(textwrap.dedent(SUMMARY_CONFTEST))
+    sub.joinpath("test_sub.py").write_text(textwrap.dedent(SUMMARY_TEST))
+    result = run("-p", "summaryplugin", f"--daemonexit-start={start}")
+    result.assert_outcomes(passed=1)
+    assert (pytester.path / "at-exit").read_text().split() == ["False"]
+    # The parent's summary ran, the child's did not.
+    assert (pytester.path / "summaries").read_text().split() == ["parent"]
+
+
 SELECTION = """
     import pytest
 
