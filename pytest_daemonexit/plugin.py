@@ -245,23 +245,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
     """The first moment the fork server can be launched: this plugin is registered, while
-    pytest is still loading the others (hypothesis' plugin imports for 20 to 60 ms) and
-    before the conftest files.  The command line is parsed here as pytest will parse it,
-    with this plugin's options; ``pytest_load_initial_conftests`` checks the launch again
-    with everything loaded and keeps the server only if nothing changed."""
+    pytest still imports the plugins after it, before the conftest files.  The command
+    line is parsed here as pytest will parse it, with this plugin's options;
+    ``pytest_load_initial_conftests`` checks the launch again with every plugin loaded and
+    keeps the server only if nothing changed."""
     if plugin is not sys.modules[__name__]:
         return
     config = manager.get_plugin("pytestconfig")
-    if not isinstance(config, pytest.Config) or _in_child(config):
-        return
-    options = _options_while_loading(config)
-    if options is None:
-        return
-    try:
-        settings = session_settings(config, options)
-    except pytest.UsageError:
-        return  # reported at configure
-    _launch_early(config, settings, options)
+    if isinstance(config, pytest.Config) and not _in_child(config):
+        _launch_before_conftests(config, _options_while_loading(config))
 
 
 def _options_while_loading(config: pytest.Config) -> Optional[Any]:
@@ -290,16 +282,20 @@ def _options_while_loading(config: pytest.Config) -> Optional[Any]:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
-    """The earliest the fork server can be launched: every plugin is imported, the
-    conftest files (which often import the code under test) are not yet."""
-    config = early_config
-    if _in_child(config):
+    """The launch checked again, every plugin imported: the conftest files (which often
+    import the code under test) are not yet."""
+    _launch_before_conftests(early_config, early_config.known_args_namespace)
+
+
+def _launch_before_conftests(config: pytest.Config, options: Optional[Any]) -> None:
+    """``_launch_early`` from the known arguments, before pytest has parsed the options."""
+    if options is None or _in_child(config):
         return
     try:
-        settings = session_settings(config, config.known_args_namespace)
+        settings = session_settings(config, options)
     except pytest.UsageError:
         return  # reported at configure
-    _launch_early(config, settings, config.known_args_namespace)
+    _launch_early(config, settings, options)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
