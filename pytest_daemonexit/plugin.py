@@ -284,6 +284,10 @@ def _options_while_loading(config: pytest.Config) -> Optional[Any]:
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     """The launch checked again, every plugin imported: the conftest files (which often
     import the code under test) are not yet."""
+    import pytest_daemonexit
+
+    # A child imported the package before pytest put its rewriter first.
+    pytest_daemonexit.own_modules_first()
     _launch_before_conftests(early_config, early_config.known_args_namespace)
 
 

@@ -851,3 +851,35 @@ def test_bytecode_goes_where_the_environment_says_otherwise(run, pytester, monke
     run(f"--daemonexit-start={start}").assert_outcomes(passed=2)
     assert _compiled(pytester.path / "__pycache__", "mylib")
     assert not (pytester.path / ".pytest_cache" / "d" / "daemonexit" / "bytecode").exists()
+
+
+OWN_LOADERS = """
+    import sys, pytest
+
+    def _loaders():
+        import pytest_daemonexit.runner  # imported lazily: whatever imports it later
+
+        names = ["pytest_daemonexit.plugin", "pytest_daemonexit.settings",
+                 "pytest_daemonexit.runner"]
+        return {name: type(sys.modules[name].__loader__).__name__ for name in names}
+
+    def test_in_the_parent():
+        assert set(_loaders().values()) == {"SourceFileLoader"}, _loaders()
+
+    @pytest.mark.daemon_exit
+    def test_in_the_child():
+        assert set(_loaders().values()) == {"SourceFileLoader"}, _loaders()
+"""
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_the_plugins_own_modules_are_not_compiled_again_in_every_session(
+    run, pytester, monkeypatch, start
+):
+    # pytest's assertion rewriter would compile them from source in every session (parent,
+    # server, spawned child) where bytecode may not be written; Python's own loader reads
+    # the bytecode installed with them.  No warning either (-W error).
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    run.write(OWN_LOADERS)
+    result = run(f"--daemonexit-start={start}", "-W", "error", "-v")
+    result.assert_outcomes(passed=2)
