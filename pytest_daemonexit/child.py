@@ -240,10 +240,14 @@ def run(
             # are compiled once for every run, not once per run.
             use_bytecode_cache(spec.get("pycache_prefix"))
             read_rewritten_bytecode_at_once()
-            plugins: List[Any] = [ChildReporter(writer)]
+            from pytest_daemonexit import programhooks
+
+            hooks = programhooks.ProgramHooks()
+            plugins: List[Any] = [ChildReporter(writer), hooks]
             plugins += [name for name in spec.get("plugins", ()) if name]
             args = list(spec["args"])
             status = session(args, plugins) if session else pytest.main(args, plugins)
+            hooks.restore()
             writer.send("pytest_exit", status=int(status))
         else:
             sys.argv = [spec["args"][0], *spec["args"][1:]]

@@ -279,6 +279,119 @@ def test_a_stream_taken_while_pytest_captured_is_still_open_at_exit(run, start):
     result.stdout.no_fnmatch_line("*I/O operation on closed file*")
 
 
+#: A daemon worker that raises at exit, once an atexit callback wakes it (and joins it).
+RAISES_AT_EXIT = """
+import atexit, os, sys, threading, pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+def raise_at_exit():
+    go = threading.Event()
+
+    def worker():
+        go.wait()
+        raise ConnectionResetError("peer went away")
+
+    thread = threading.Thread(target=worker, name="shipper", daemon=True)
+    thread.start()
+
+    def stop():
+        go.set()
+        thread.join()
+
+    atexit.register(stop)
+"""
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_a_threads_error_hook_the_test_installed_still_handles_errors_at_exit(run, start):
+    # Correct code: the library handles its threads' errors with its own hook. pytest puts
+    # its previous hook back when its session ends; a program outside pytest keeps the
+    # library's, so nothing is printed at exit.
+    run.write(
+        RAISES_AT_EXIT
+        + """
+@pytest.mark.daemon_exit
+def test_errors_are_logged():
+    def log(args):
+        with open(os.path.join(HERE, "logged.txt"), "w") as f:
+            f.write(repr(args.exc_value))
+
+    threading.excepthook = log
+    raise_at_exit()
+"""
+    )
+    result = run(f"--daemonexit-start={start}")
+    result.assert_outcomes(passed=1)
+    logged = run.pytester.path / "logged.txt"
+    assert logged.read_text() == "ConnectionResetError('peer went away')"
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_a_hook_that_chains_to_the_one_it_replaced_reaches_the_default_at_exit(run, start):
+    # The hook the test replaced was pytest's; outside pytest it is the interpreter's
+    # default, which prints the error: the run fails as the program would print.
+    run.write(
+        RAISES_AT_EXIT
+        + """
+@pytest.mark.daemon_exit
+def test_errors_are_logged_then_printed():
+    previous = threading.excepthook
+
+    def log(args):
+        with open(os.path.join(HERE, "logged.txt"), "w") as f:
+            f.write(repr(args.exc_value))
+        previous(args)
+
+    threading.excepthook = log
+    raise_at_exit()
+"""
+    )
+    result = run(f"--daemonexit-start={start}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*SHUTDOWN_EXCEPTION (printed in phase atexit)*",
+            "*Exception in thread shipper*",
+            "*ConnectionResetError: peer went away*",
+        ]
+    )
+    logged = run.pytester.path / "logged.txt"
+    assert logged.read_text() == "ConnectionResetError('peer went away')"
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_an_unraisable_hook_the_test_installed_still_handles_errors_at_exit(run, start):
+    run.write(
+        """
+        import os, sys, pytest
+
+        HERE = os.path.dirname(os.path.abspath(__file__))
+
+        class Connection:
+            def __del__(self):
+                raise RuntimeError("socket already closed")
+
+        @pytest.mark.daemon_exit
+        def test_conn():
+            global conn
+
+            # Called in module teardown, when builtins may be gone: it keeps its own.
+            def log(unraisable, open=open, repr=repr, path=os.path.join(HERE, "logged.txt")):
+                with open(path, "w") as f:
+                    f.write(repr(unraisable.exc_value))
+
+            sys.unraisablehook = log
+            conn = Connection()
+        """
+    )
+    result = run(f"--daemonexit-start={start}")
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("*Exception ignored in*")
+    logged = run.pytester.path / "logged.txt"
+    assert logged.read_text() == "RuntimeError('socket already closed')"
+
+
 def test_exception_ignored_in_finalizer(run):
     run.write(
         """
