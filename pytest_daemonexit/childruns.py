@@ -135,7 +135,7 @@ class SessionRuns:
                     return None
             env = _server_environment()
             workdir = Path(self.session_dir, f"server-{len(self._servers)}")
-            server_args = list(args)
+            server_args = [*args, *_root_args(self.config, args)]
             imports_cache = None
             cache = getattr(self.config, "cache", None)
             if self.config.pluginmanager.has_plugin("cacheprovider"):
@@ -315,6 +315,29 @@ def spawned_anyway(version: Tuple[int, ...], flags: Tuple[str, ...]) -> bool:
     """CPython 3.8's debug allocators (-X dev) meet corrupted blocks at interpreter clear
     in a forked child (SIGBUS): such runs are spawned even in forkserver mode."""
     return "dev" in flags and tuple(version[:2]) < (3, 9)
+
+
+def _root_args(config: pytest.Config, args: Sequence[str]) -> List[str]:
+    """Where the session's rootdir and ini file are, for a fork server: it parses the
+    command line without the test paths, from the invocation directory, so on its own it
+    would look for the ini file from there (a ``pytest pkg/tests`` in a monorepo would
+    lose ``pkg``'s settings). Nothing when the command line names them itself."""
+    out = []
+    if not any(a == "--rootdir" or a.startswith("--rootdir=") for a in args):
+        out.append(f"--rootdir={config.rootpath}")
+    if not any(
+        a in ("-c", "--config-file", "--inifile")
+        or a.startswith(("--config-file=", "--inifile="))
+        or (a.startswith("-c") and not a.startswith("--"))
+        for a in args
+    ):
+        if config.inipath is not None:
+            out.append(f"--config-file={config.inipath}")
+        else:
+            # No ini file on the way to the tests: looked for from the rootdir up, where
+            # pytest found none either (not from the invocation directory).
+            out.append(str(config.rootpath))
+    return out
 
 
 def _server_environment() -> Dict[str, str]:

@@ -883,3 +883,61 @@ def test_the_plugins_own_modules_are_not_compiled_again_in_every_session(
     run.write(OWN_LOADERS)
     result = run(f"--daemonexit-start={start}", "-W", "error", "-v")
     result.assert_outcomes(passed=2)
+
+
+ROOT_TEST = """
+    import warnings, pytest
+
+    @pytest.mark.daemon_exit
+    def test_settings_of_the_session(request):
+        with open(request.config.rootpath / "seen.txt", "w") as f:
+            f.write(f"{request.config.rootpath}\\n{request.config.inipath}\\n")
+        WARN
+"""
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_the_child_has_the_rootdir_and_ini_file_of_a_run_from_another_directory(
+    run, pytester, start
+):
+    # A monorepo: pytest runs from the top, the package's own settings apply to its tests.
+    pkg = pytester.mkdir("pkg")
+    (pkg / "pyproject.toml").write_text(
+        '[tool.pytest.ini_options]\nfilterwarnings = ["error::DeprecationWarning"]\n'
+    )
+    (pkg / "tests").mkdir()
+    test = ROOT_TEST.replace(
+        "WARN",
+        "with pytest.raises(DeprecationWarning):\n"
+        '            warnings.warn("old api", DeprecationWarning)',
+    )
+    (pkg / "tests" / "test_pkg.py").write_text(textwrap.dedent(test))
+    result = run(f"--daemonexit-start={start}", "pkg/tests")
+    result.assert_outcomes(passed=1)
+    seen = (pkg / "seen.txt").read_text().splitlines()
+    assert seen == [str(pkg), str(pkg / "pyproject.toml")]
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_the_child_does_not_take_the_ini_file_of_the_directory_it_runs_from(
+    pytester, monkeypatch, start
+):
+    # pytest runs from a project whose ini file it does not use: the tests are elsewhere.
+    here = pytester.mkdir("here")
+    (here / "pytest.ini").write_text("[pytest]\nfilterwarnings = error::DeprecationWarning\n")
+    tests = pytester.mkdir("elsewhere")
+    test = ROOT_TEST.replace("WARN", 'warnings.warn("old api", DeprecationWarning)')
+    (tests / "test_elsewhere.py").write_text(textwrap.dedent(test))
+    monkeypatch.chdir(here)
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "daemonexit",
+        "--daemonexit-policy=baseline",
+        f"--daemonexit-start={start}",
+        str(tests),
+        timeout=120,
+    )
+    result.assert_outcomes(passed=1)
+    # pytest's rootdir without an ini file: what the invocation and test directories share.
+    seen = (pytester.path / "seen.txt").read_text().splitlines()
+    assert seen == [str(pytester.path), "None"]
