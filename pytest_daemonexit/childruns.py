@@ -32,6 +32,8 @@ RUNS_KEY = pytest.StashKey["SessionRuns"]()
 EARLY_KEY = pytest.StashKey[List["ForkServer"]]()
 #: Environment variables a fork server must not start with: the children set them per run.
 _PER_RUN_ENV = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
+#: Fork servers per interpreter, flags and command line, one per start-up environment.
+MAX_STARTUP_ENVIRONMENTS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +79,7 @@ class SessionRuns:
         if settings.start == "forkserver" and not forkserver.available():
             self.notes.append("the fork server needs Linux: children were spawned")
             self.start = "spawn"
-        self._servers: Dict[Hashable, Optional[ForkServer]] = {}
+        self._servers: Dict[Tuple[Hashable, ...], Optional[ForkServer]] = {}
         self._lock = threading.Lock()
         self._restarts = 0
         self._index: Optional[Dict[str, int]] = None
@@ -119,11 +121,24 @@ class SessionRuns:
                 if note not in self.notes:
                     self.notes.append(note)
             return None
-        key = (interp.path, flags, tuple(args))
+        env = _server_environment()
+        base = (interp.path, flags, tuple(args))
+        key = (*base, _startup_environment(env))
         with self._lock:
             server = self._servers.get(key, False)
             if server is None:
                 return None  # it could not start: this combination spawns
+            if server is False:
+                others = sum(1 for k in self._servers if k[:3] == base)
+                if others >= MAX_STARTUP_ENVIRONMENTS:
+                    note = (
+                        "the environment the interpreter reads at its start (PYTHON*, "
+                        f"locale, TZ) changed more than {MAX_STARTUP_ENVIRONMENTS - 1} times"
+                        " during the session: later runs in a new one were spawned"
+                    )
+                    if note not in self.notes:
+                        self.notes.append(note)
+                    return None
             if server is not False and server.alive:  # type: ignore[union-attr]
                 return server  # type: ignore[return-value]
             if server is not False:
@@ -133,7 +148,6 @@ class SessionRuns:
                     self.notes.append("the fork server kept dying: later children were spawned")
                     self._servers[key] = None
                     return None
-            env = _server_environment()
             workdir = Path(self.session_dir, f"server-{len(self._servers)}")
             server_args = [*args, *_root_args(self.config, args)]
             imports_cache = None
@@ -338,6 +352,21 @@ def _root_args(config: pytest.Config, args: Sequence[str]) -> List[str]:
             # pytest found none either (not from the invocation directory).
             out.append(str(config.rootpath))
     return out
+
+
+def _startup_environment(env: Dict[str, str]) -> Tuple[Tuple[str, str], ...]:
+    """The variables an interpreter reads once, at its start: the sys.path, flags and
+    stream encodings (``PYTHON*``), the locale and the time zone. A forked child replaces
+    ``os.environ`` but keeps what its server read, so a change of these during the session
+    (a test module that sets ``TZ``, an unmarked test that leaks ``PYTHONIOENCODING``)
+    needs a server started with them."""
+    return tuple(
+        sorted(
+            (name, value)
+            for name, value in env.items()
+            if name.startswith(("PYTHON", "LC_")) or name in ("LANG", "LANGUAGE", "TZ")
+        )
+    )
 
 
 def _server_environment() -> Dict[str, str]:

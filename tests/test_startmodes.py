@@ -941,3 +941,67 @@ def test_the_child_does_not_take_the_ini_file_of_the_directory_it_runs_from(
     # pytest's rootdir without an ini file: what the invocation and test directories share.
     seen = (pytester.path / "seen.txt").read_text().splitlines()
     assert seen == [str(pytester.path), "None"]
+
+
+STARTUP_ENV_TEST = """
+    import atexit, os, time, pytest
+
+    os.environ["TZ"] = "EST+05"  # set at import, as some suites pin it
+
+    def test_an_unmarked_test_leaks_a_variable():
+        os.environ["PYTHONIOENCODING"] = "ascii"
+
+    @pytest.mark.daemon_exit
+    def test_local_time_zone():
+        assert time.strftime("%Z", time.localtime(0)) == "EST", time.tzname
+
+    @pytest.mark.daemon_exit
+    def test_goodbye_at_exit():
+        atexit.register(print, "d\\u00e9connexion")
+"""
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_a_child_reads_the_start_up_environment_of_its_run(run, start):
+    # What an interpreter reads from the environment once, at its start (the time zone,
+    # the streams' encoding), is the run's: a forked child's server started before the
+    # variables changed, so another server starts with them.
+    run.write(STARTUP_ENV_TEST)
+    result = run(f"--daemonexit-start={start}", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_goodbye_at_exit*",
+            "*SHUTDOWN_EXCEPTION (printed in phase atexit)*",
+            "*UnicodeEncodeError*",
+        ]
+    )
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_a_start_up_environment_that_keeps_changing_makes_runs_spawn(run, pytester, start):
+    # Unmarked tests set another PYTHONIOENCODING before each marked test: a server per
+    # value up to a bound, then spawned children, and every run has its own encoding.
+    encodings = ["utf-8", "utf-16", "utf-32", "latin-1", "cp1252", "ascii"]
+    source = "import codecs, os, sys, pytest\n"
+    for n, encoding in enumerate(encodings):
+        if n:
+            source += f"\ndef test_{n}_set():\n    os.environ['PYTHONIOENCODING'] = {encoding!r}\n"
+        check = (
+            f"codecs.lookup(sys.__stdout__.encoding).name == codecs.lookup({encoding!r}).name"
+            if n
+            else "sys.__stdout__"  # whatever the locale gives
+        )
+        source += f"\n@pytest.mark.daemon_exit\ndef test_{n}_use():\n    assert {check}\n"
+    run.write(source)
+    # One job: a run started ahead would take the environment before the test set it.
+    result = run(
+        f"--daemonexit-start={start}", "--daemonexit-jobs=1", "--daemonexit-report=report.json"
+    )
+    result.assert_outcomes(passed=11)
+    starts = [r["start"] for r in _runs(pytester)]
+    if start == "spawn":
+        assert starts == ["spawn"] * 6
+    else:
+        result.stdout.fnmatch_lines(["*daemonexit: note:*changed more than 3 times*spawned*"])
+        assert starts == ["forkserver"] * 4 + ["spawn"] * 2
