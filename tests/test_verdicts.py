@@ -376,10 +376,12 @@ def test_an_unraisable_hook_the_test_installed_still_handles_errors_at_exit(run,
         def test_conn():
             global conn
 
-            # Called in module teardown, when builtins may be gone: it keeps its own.
-            def log(unraisable, open=open, repr=repr, path=os.path.join(HERE, "logged.txt")):
-                with open(path, "w") as f:
-                    f.write(repr(unraisable.exc_value))
+            # Called in module teardown, when builtins and (3.8) io may be gone: it keeps
+            # its own and writes to a descriptor opened now.
+            fd = os.open(os.path.join(HERE, "logged.txt"), os.O_WRONLY | os.O_CREAT)
+
+            def log(unraisable, write=os.write, fd=fd, repr=repr):
+                write(fd, repr(unraisable.exc_value).encode())
 
             sys.unraisablehook = log
             conn = Connection()
