@@ -279,7 +279,8 @@ def test_a_stream_taken_while_pytest_captured_is_still_open_at_exit(run, start):
     result.stdout.no_fnmatch_line("*I/O operation on closed file*")
 
 
-#: A daemon worker that raises at exit, once an atexit callback wakes it (and joins it).
+#: A daemon worker that raises at exit, once an atexit callback wakes it (and joins it),
+#: and a thread hook that records the error.
 RAISES_AT_EXIT = """
 import atexit, os, sys, threading, pytest
 
@@ -300,6 +301,10 @@ def raise_at_exit():
         thread.join()
 
     atexit.register(stop)
+
+def record(args):
+    with open(os.path.join(HERE, "logged.txt"), "w") as f:
+        f.write(repr(args.exc_value))
 """
 
 
@@ -313,11 +318,7 @@ def test_a_threads_error_hook_the_test_installed_still_handles_errors_at_exit(ru
         + """
 @pytest.mark.daemon_exit
 def test_errors_are_logged():
-    def log(args):
-        with open(os.path.join(HERE, "logged.txt"), "w") as f:
-            f.write(repr(args.exc_value))
-
-    threading.excepthook = log
+    threading.excepthook = record
     raise_at_exit()
 """
     )
@@ -339,8 +340,7 @@ def test_errors_are_logged_then_printed():
     previous = threading.excepthook
 
     def log(args):
-        with open(os.path.join(HERE, "logged.txt"), "w") as f:
-            f.write(repr(args.exc_value))
+        record(args)
         previous(args)
 
     threading.excepthook = log
