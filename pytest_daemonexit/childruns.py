@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -60,6 +61,7 @@ class Launched:
     evidence: Evidence
     verdict: Verdict  # the judge's, before post-exit checks and the verdict hook
     start: str  # "forkserver" or "spawn"
+    environ: Dict[str, str]  # the parent's os.environ when the run started (_environ)
 
 
 class SessionRuns:
@@ -235,6 +237,7 @@ class SessionRuns:
         interp = planned.interp
         if self.pool.cancel.is_set():  # the session is ending: nobody takes this result
             raise RunCancelled(planned.nodeid)
+        environ = _environ()
         run_dir = plugin._run_dir(self.session_dir, item)
         common = self._common_args(interp)
         flags = settings.python_flags()
@@ -270,7 +273,7 @@ class SessionRuns:
             request = dataclasses.replace(request, forkserver=None)
             evidence, start = runner.run(request), "spawn"
         verdict = judge(evidence, settings, self.signatures, planned.policy)
-        return Launched(evidence, verdict, start)
+        return Launched(evidence, verdict, start, environ)
 
     # -- running ahead ----------------------------------------------------------------
 
@@ -279,9 +282,14 @@ class SessionRuns:
             self.pool.submit(planned.key, functools.partial(self.execute, item, settings, planned))
 
     def take(self, item: pytest.Item, settings: Settings, planned: Planned) -> Launched:
-        result: Launched = self.pool.take(
-            planned.key, lambda: self.execute(item, settings, planned)
-        )
+        def now() -> Launched:
+            return self.execute(item, settings, planned)
+
+        result: Launched = self.pool.take(planned.key, now)
+        if result.environ != _environ():
+            # Started ahead, before a test in between changed os.environ: the run a
+            # sequential session makes here would have another environment.
+            result = now()
         return result
 
     def run_ahead(self, item: pytest.Item, nextitem: Optional[pytest.Item]) -> None:
@@ -352,6 +360,14 @@ def _root_args(config: pytest.Config, args: Sequence[str]) -> List[str]:
             # pytest found none either (not from the invocation directory).
             out.append(str(config.rootpath))
     return out
+
+
+def _environ() -> Dict[str, str]:
+    """The parent's environment as far as a run depends on it (pytest's
+    ``PYTEST_CURRENT_TEST`` names whichever test phase is running in the parent)."""
+    env = dict(os.environ)
+    env.pop("PYTEST_CURRENT_TEST", None)
+    return env
 
 
 def _startup_environment(env: Dict[str, str]) -> Tuple[Tuple[str, str], ...]:

@@ -144,6 +144,32 @@ def test_jobs_do_not_change_verdicts_or_their_order(run, pytester):
     assert orders[1] == orders[2]
 
 
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_a_run_started_ahead_is_run_again_when_a_test_in_between_changes_the_environment(
+    run, start
+):
+    # The last test's run starts ahead, while the slow first one runs, before the unmarked
+    # test in between has set the variable it needs at exit.
+    run.write(
+        """
+        import atexit, os, time, pytest
+
+        @pytest.mark.daemon_exit
+        def test_a_slow():
+            time.sleep(0.5)
+
+        def test_b_configures():
+            os.environ["MYAPP_AUDIT_LOG"] = "audit.log"
+
+        @pytest.mark.daemon_exit
+        def test_c_writes_its_audit_log_at_exit():
+            atexit.register(lambda: open(os.environ["MYAPP_AUDIT_LOG"], "a").close())
+        """
+    )
+    result = run(f"--daemonexit-start={start}", "--daemonexit-jobs=2", "-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+
+
 FAITHFUL_CONFTEST = """
     import os, threading, time
 
