@@ -19,19 +19,32 @@ it are watched by ``runner.py`` like spawned ones.
 
 from __future__ import annotations
 
-import array
 import json
 import os
-import queue
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Set, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Dict,
+    List,
+    Mapping,
+    NoReturn,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
+
+if TYPE_CHECKING:
+    import queue
 
 #: Seconds the server may take to start (import pytest, parse, learn what configure imports).
 START_SECONDS = 60.0
@@ -59,21 +72,26 @@ def available() -> bool:
 def _send(sock: socket.socket, message: Mapping[str, Any], fds: Sequence[int] = ()) -> None:
     data = json.dumps(message).encode("utf-8")
     if fds:
-        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        payload = struct.pack(f"{len(fds)}i", *fds)
+        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, payload)])
     else:
         sock.sendall(data)
 
 
 def _receive(sock: socket.socket) -> Tuple[Optional[Dict[str, Any]], List[int]]:
     """One message and the descriptors sent with it; (None, []) at end of stream."""
-    fds = array.array("i")
-    data, ancdata, _flags, _addr = sock.recvmsg(_MAX_MESSAGE, socket.CMSG_LEN(16 * fds.itemsize))
+    # struct, not array: a forked child has what its server imported, and a spawned child
+    # has struct (pytest's imports) but not array.
+    size = struct.calcsize("i")
+    fds: List[int] = []
+    data, ancdata, _flags, _addr = sock.recvmsg(_MAX_MESSAGE, socket.CMSG_LEN(16 * size))
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+            count = len(payload) // size
+            fds += struct.unpack(f"{count}i", payload[: count * size])
     if not data:
-        return None, list(fds)
-    return json.loads(data.decode("utf-8")), list(fds)
+        return None, fds
+    return json.loads(data.decode("utf-8")), fds
 
 
 def _returncode(status: int) -> int:
@@ -143,6 +161,10 @@ class ForkServer:
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self._sock: Optional[socket.socket] = None
         self._lock = threading.Lock()  # one fork request at a time
+        # Imported here: the server and its children, which import this module, would
+        # otherwise have queue where a spawned child has not.
+        import queue
+
         self._replies: queue.Queue[Dict[str, Any]] = queue.Queue()
         self._children: Dict[int, ForkedChild] = {}
         self._early: Dict[int, int] = {}  # exits reported before the parent knew the pid
@@ -238,6 +260,8 @@ class ForkServer:
                 _send(self._sock, {"op": "start", "spec": spec})
             except OSError:
                 pass  # it died: the reader thread reports why
+        import queue
+
         try:
             reply = self._replies.get(timeout=START_SECONDS)
         except queue.Empty:
@@ -302,6 +326,8 @@ class ForkServer:
             if not self.alive or self._sock is None:
                 raise ForkServerError(self._dead or "the fork server is not running")
             _send(self._sock, {"op": "run", "spec": spec_path, "env": dict(env)}, fds)
+            import queue
+
             try:
                 reply = self._replies.get(timeout=FORK_SECONDS)
             except queue.Empty:
@@ -414,7 +440,7 @@ _IMPORTS_FORMAT = 2
 def _imports_key(config: Any, args: Sequence[str]) -> str:
     """What the modules a session imports lazily depend on: the interpreter, the command
     line, the ini file and the plugins' versions (never the tests: none is collected)."""
-    import hashlib
+    import zlib  # not hashlib: a spawned child of an older pytest has not imported it
 
     ini = ""
     if config.inipath is not None:
@@ -422,12 +448,15 @@ def _imports_key(config: Any, args: Sequence[str]) -> str:
             ini = Path(config.inipath).read_text("utf-8", "replace")
         except OSError:
             pass
+    # Their metadata files as they are: parsing them (dist.version) imports email's
+    # parser, which a forked child would then have and a spawned one not.
     dists = sorted(
-        f"{dist.metadata['name']}=={dist.version}"
+        dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
         for _plugin, dist in config.pluginmanager.list_plugin_distinfo()
     )
     parts = [_IMPORTS_FORMAT, sys.executable, sys.version, list(args), ini, dists]
-    return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
+    data = json.dumps(parts).encode("utf-8")
+    return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}{len(data):x}"
 
 
 def _cached_imports(path: str, key: str) -> Optional[List[str]]:

@@ -1031,3 +1031,32 @@ def test_a_start_up_environment_that_keeps_changing_makes_runs_spawn(run, pytest
     else:
         result.stdout.fnmatch_lines(["*daemonexit: note:*changed more than 3 times*spawned*"])
         assert starts == ["forkserver"] * 4 + ["spawn"] * 2
+
+
+@pytest.mark.parametrize("policy", ["baseline", "atexit-race"])
+def test_a_forked_child_has_no_module_a_spawned_one_has_not(run, pytester, monkeypatch, policy):
+    # A module already imported where a spawned child imports it lazily (a daemon thread's
+    # import at exit) would hide an import during finalization: the server's own imports
+    # must not reach the test (the plugin's own modules aside).
+    run.write(
+        """
+        import os, sys, pytest
+
+        @pytest.mark.daemon_exit
+        def test_records_its_modules():
+            with open(os.environ["MODULES_FILE"], "w") as f:
+                f.write("\\n".join(sorted(sys.modules)))
+        """
+    )
+    seen = {}
+    for start in ("spawn", "forkserver"):
+        path = pytester.path / f"{start}.txt"
+        monkeypatch.setenv("MODULES_FILE", str(path))
+        # Without this suite's other plugins, which import such modules themselves.
+        plugins = ["-p", "no:xdist", "-p", "no:xdist.looponfail", "-p", "no:pytest_cov"]
+        result = run(f"--daemonexit-start={start}", *plugins, policy=policy)
+        result.assert_outcomes(passed=1)
+        seen[start] = set(path.read_text().split())
+    extra = {m for m in seen["forkserver"] - seen["spawn"] if not m.startswith("pytest_daemonexit")}
+    # The server's control channel needs these (README, "Known limitations").
+    assert extra <= {"socket", "_socket", "array", "select", "signal", "subprocess"}
