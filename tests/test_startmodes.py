@@ -531,6 +531,84 @@ def test_a_dead_fork_server_is_replaced(run, pytester):
     result.assert_outcomes(failed=1, passed=1)
 
 
+SIBLINGS = """
+    import json, os, signal, time, pytest
+
+    def siblings(wait):
+        \"\"\"The other children of this run's fork server, waited for up to wait s.\"\"\"
+        server, me = os.getppid(), os.getpid()
+        deadline = time.monotonic() + wait
+        while True:
+            found = []
+            for entry in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                except (OSError, IndexError):
+                    continue
+                if int(fields[1]) == server and int(entry) != me and fields[0] != "Z":
+                    found.append(int(entry))
+            if found or time.monotonic() > deadline:
+                return found
+
+    def record(name, kill=False, wait=10):
+        others = siblings(wait)
+        if kill:
+            for pid in others:
+                os.kill(pid, signal.SIGKILL)
+        with open(os.path.join(os.environ["OUT"], name), "w") as f:
+            json.dump({"pid": os.getpid(), "siblings": others}, f)
+"""
+
+
+def test_the_next_run_s_child_is_forked_while_the_current_one_runs(run, pytester, monkeypatch):
+    run.write(
+        SIBLINGS
+        + """
+    @pytest.mark.daemon_exit
+    @pytest.mark.parametrize("n", range(5))
+    def test_one(n):
+        record(str(n))
+    """
+    )
+    monkeypatch.setenv("OUT", str(pytester.path))
+    run("--daemonexit-jobs=1", "--daemonexit-start=forkserver").assert_outcomes(passed=5)
+    seen = [json.loads((pytester.path / str(n)).read_text()) for n in range(5)]
+    for before, after in zip(seen, seen[1:]):
+        # The one other child each run sees is the one that runs the next test: it was
+        # forked ahead, and survived the server's sweeps for orphans.
+        assert before["siblings"] == [after["pid"]]
+
+
+def test_a_child_forked_ahead_that_dies_before_its_run_costs_no_run(run, pytester, monkeypatch):
+    run.write(
+        SIBLINGS
+        + """
+    @pytest.mark.daemon_exit
+    @pytest.mark.parametrize("n", range(5))
+    def test_kills_the_next_child(n):
+        record(str(n), kill=True, wait=10 if n < 3 else 1)
+
+    @pytest.mark.daemon_exit
+    def test_after():
+        record("after", wait=1)
+    """
+    )
+    monkeypatch.setenv("OUT", str(pytester.path))
+    result = run("--daemonexit-jobs=1", "--daemonexit-report=r.json")
+    result.assert_outcomes(passed=6)
+    assert {r["start"] for r in _runs(pytester, "r.json")} == {"forkserver"}
+    killed = set()
+    for n in range(5):
+        killed.update(json.loads((pytester.path / str(n)).read_text())["siblings"])
+    assert len(killed) >= 3
+    after = json.loads((pytester.path / "after").read_text())
+    assert after["pid"] not in killed
+    # After three lost, the server stops forking ahead and forks each run's child itself.
+    assert after["siblings"] == []
+    assert _leftovers(pytester) == []
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [
