@@ -509,7 +509,7 @@ _KEPT_CODE: List[Any] = []
 def _keep_code(objects: List[Any]) -> None:
     """Keep the server's code objects alive through a child's finalization.  When a child
     clears the modules a function's code is then not freed, and neither is anything only
-    it refers to (constants, names, line tables, nested code): a tenth of the teardown's
+    it refers to (constants, names, line tables, nested code): a sixth of the teardown's
     work and page copies, for objects no program can tell were freed (no finalizer, no
     weak reference anyone makes).  The functions themselves are freed as before, since a
     closure or a default may hold something of the test's."""
@@ -580,7 +580,6 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
         # the examples' verdicts are the same as spawned (README, "Known limitations").
         # No collection first: what the imports left as garbage stays frozen (a few
         # hundred KiB), and the collector, off since main, is on again for the children.
-        _keep_code(gc.get_objects())
         gc.freeze()
         gc.enable()
     except BaseException as exc:  # the parent falls back to spawn
@@ -601,7 +600,17 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
     next_sweep = time.monotonic() + 1.0
     spare: Optional[Tuple[int, socket.socket]] = None
     spares_lost = 0
+    kept = False
     while True:
+        if children and not kept:
+            # While the first run goes (its child, forked before, does without): not
+            # on the way to the server's first fork, which a small session waits for.
+            gc.disable()  # no collection of what was frozen unexamined
+            gc.unfreeze()  # get_objects() leaves out the frozen ones
+            _keep_code(gc.get_objects())
+            gc.freeze()
+            gc.enable()
+            kept = True
         if spare is None and spares_lost < _MAX_SPARES_LOST:
             # The next run's child, forked now: a run then starts without waiting for
             # the fork (page tables, the interpreter's at-fork handlers), which happens
