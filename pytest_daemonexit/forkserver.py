@@ -617,12 +617,7 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
             # while the current run is going.  Nothing changes in the server between
             # runs, so the spare is what a fork at the request would be.
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            try:
-                pid = _fork(sock, wake_r, wake_w, ours)
-            except OSError:  # no process to spare now: each run's child forked when asked
-                ours.close()
-                pid = -1
-                spares_lost = _MAX_SPARES_LOST
+            pid = _fork(sock, wake_r, wake_w, ours)
             if pid == 0:
                 message, fds = _receive(theirs)
                 if message is None:  # the server ended
@@ -630,9 +625,8 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
                 theirs.close()
                 return message, fds
             theirs.close()
-            if pid > 0:
-                spare = (pid, ours)
-                _SPARE[:] = [pid]
+            spare = (pid, ours)
+            _SPARE[:] = [pid]
         ready = select.select([sock.fileno(), wake_r], [], [], 1.0)[0]
         if wake_r in ready:
             try:
