@@ -598,35 +598,17 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
     children: Set[int] = set()
     crashed = False  # a child died by a signal: its orphans may reach us late
     next_sweep = time.monotonic() + 1.0
-    spare: Optional[Tuple[int, socket.socket]] = None
-    spares_lost = 0
     kept = False
     while True:
         if children and not kept:
-            # While the first run goes (its child, forked before, does without): not
-            # on the way to the server's first fork, which a small session waits for.
+            # While the first run goes (its child does without): not on the way to the
+            # server's first fork, which a small session waits for.
             gc.disable()  # no collection of what was frozen unexamined
             gc.unfreeze()  # get_objects() leaves out the frozen ones
             _keep_code(gc.get_objects())
             gc.freeze()
             gc.enable()
             kept = True
-        if spare is None and spares_lost < _MAX_SPARES_LOST:
-            # The next run's child, forked now: a run then starts without waiting for
-            # the fork (page tables, the interpreter's at-fork handlers), which happens
-            # while the current run is going.  Nothing changes in the server between
-            # runs, so the spare is what a fork at the request would be.
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            pid = _fork(sock, wake_r, wake_w, ours)
-            if pid == 0:
-                message, fds = _receive(theirs)
-                if message is None:  # the server ended
-                    os._exit(0)
-                theirs.close()
-                return message, fds
-            theirs.close()
-            spare = (pid, ours)
-            _SPARE[:] = [pid]
         ready = select.select([sock.fileno(), wake_r], [], [], 1.0)[0]
         if wake_r in ready:
             try:
@@ -643,12 +625,6 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
                 break
             if pid == 0:
                 break
-            if spare is not None and pid == spare[0]:  # killed while waiting
-                spare[1].close()
-                spare = None
-                spares_lost += 1
-                _SPARE.clear()
-                continue
             if pid in children:
                 children.discard(pid)
                 orphans = True
@@ -659,7 +635,7 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
                     _stop_orphans(children)
                     _leave()
         if orphans:
-            _stop_orphans(children | set(_SPARE))
+            _stop_orphans(children)
         if sock.fileno() not in ready:
             continue
         message, fds = _receive(sock)
@@ -672,59 +648,25 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
                 _stop_orphans(children)
                 time.sleep(0.01)
             _leave()
-        pid = 0
-        if spare is not None:
-            pid, ours = spare
-            spare = None
-            _SPARE.clear()
-            try:
-                _send(ours, message, fds)
-            except OSError:  # it died: a child of its own for this run
-                spares_lost += 1
-                pid = 0
-            ours.close()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        pid = os.fork()
         if pid == 0:
-            pid = _fork(sock, wake_r, wake_w)
-            if pid == 0:
-                return message, fds
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.close(wake_r)
+            os.close(wake_w)
+            sock.close()
+            return message, fds
         children.add(pid)
         for fd in fds:
             os.close(fd)
         _send(sock, {"pid": pid})
 
 
-def _fork(sock: socket.socket, wake_r: int, wake_w: int, *close: socket.socket) -> int:
-    """``os.fork()``; the child keeps none of the server's own descriptors."""
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    pid = os.fork()
-    if pid == 0:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        os.close(wake_r)
-        os.close(wake_w)
-        sock.close()
-        for other in close:
-            other.close()
-        _SPARE.clear()
-    return pid
-
-
-#: The waiting spare child's pid, if any (the server's, for _leave and the orphan sweep).
-_SPARE: List[int] = []
-#: Spares that may die before the server stops forking them ahead.
-_MAX_SPARES_LOST = 3
-
-
 def _leave() -> NoReturn:
     """End the server.  Its own finalization would only make the parent wait (it walks
     pytest's whole heap): nothing of the user's runs in the server."""
-    for pid in _SPARE:  # it would end by itself on the closed socket, but a moment later
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except OSError:
-            pass
     if "coverage" in sys.modules:  # measured (this project's CI): keep what was measured
         try:
             import coverage
