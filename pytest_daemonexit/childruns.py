@@ -243,8 +243,9 @@ class SessionRuns:
         flags = settings.python_flags()
         server = self._server(interp, flags, common)
         args = [*common, f"--basetemp={Path(run_dir, 'basetemp')}"]
-        if server is None and config.pluginmanager.has_plugin("cacheprovider"):
-            # The child's cache must not overwrite the parent's (lastfailed, stepwise).
+        if config.pluginmanager.has_plugin("cacheprovider"):
+            # The child's cache must not overwrite the parent's (lastfailed, stepwise), and
+            # a forked child must not see what earlier children of its server put there.
             args += ["-o", f"cache_dir={Path(run_dir, 'cache')}"]
         args.append(plugin._node_arg(item))
         request = runner.RunRequest(

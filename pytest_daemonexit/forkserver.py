@@ -739,6 +739,12 @@ def run_session(config: Any, args: Sequence[str], plugins: Sequence[Any], noconf
     if basetemp is not None:
         config.option.basetemp = basetemp
         config.known_args_namespace.basetemp = basetemp
+    overrides = [b for a, b in zip(args, args[1:]) if a == "-o" and b.startswith("cache_dir=")]
+    inicache = getattr(config, "_inicache", None)
+    if overrides and isinstance(inicache, dict):
+        # The run's own pytest cache, as a spawned child has: the server's is shared by
+        # every child (and rewriting one file per run waits for its writeback).
+        inicache["cache_dir"] = overrides[-1].split("=", 1)[1]
     config.args = list(node)
     config.args_source = Config.ArgsSource.ARGS
     config.known_args_namespace.file_or_dir = list(node)

@@ -293,6 +293,28 @@ SELECTION = """
 
 
 @pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_each_run_has_a_pytest_cache_of_its_own(run, pytester, start):
+    # A plugin or test that keeps something in config.cache, and pytest's own lastfailed
+    # and nodeids, must not see what an earlier run of the session put there.
+    run.write(
+        """
+        import pytest
+
+        @pytest.mark.daemon_exit
+        @pytest.mark.parametrize("n", range(3))
+        def test_keeps(request, n):
+            cache = request.config.cache
+            assert cache.get("project/seen", None) is None
+            assert cache.get("cache/nodeids", []) == []
+            cache.set("project/seen", n)
+        """
+    )
+    run(f"--daemonexit-start={start}", "--daemonexit-jobs=1").assert_outcomes(passed=3)
+    # Nor does the session's own cache get the children's entries.
+    assert not (pytester.path / ".pytest_cache" / "v" / "project").exists()
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
 def test_each_child_runs_exactly_its_own_test(run, pytester, start):
     run.write(SELECTION)
     result = run(f"--daemonexit-start={start}", "--daemonexit-report=r.json")
