@@ -103,6 +103,18 @@ def child_user_properties(evidence: Evidence) -> Tuple[Tuple[str, Any], ...]:
     return tuple(found)
 
 
+def _why_silent(evidence: Evidence) -> str:
+    """A child that exited by itself without a word after the test's setup: it left
+    without pytest, or it cut its own channel to pytest."""
+    if evidence.returncode is None or evidence.returncode < 0 or evidence.test_finished:
+        return ""
+    return (
+        "\nnothing more came from the child after the test's setup: the test ended the"
+        " process (os._exit),\nor closed the descriptor the child reports on (closing"
+        " descriptors it did not open, os.closerange(3, ...) for one, closes it)"
+    )
+
+
 def _why_missing(evidence: Evidence) -> str:
     errors = evidence.events("collect_error")
     if errors:
@@ -148,7 +160,7 @@ def build(
         placed = True
     setup = by_when["setup"]
     if setup.passed and "call" not in by_when:
-        text = "the child did not finish the test's call phase" + extra
+        text = "the child did not finish the test's call phase" + _why_silent(evidence) + extra
         by_when["call"] = synthetic(item, "call", "failed", _TextRepr(text, crash))
         placed = True
     if "teardown" not in by_when:

@@ -509,6 +509,46 @@ def test_crash_during_the_test_body(run):
     )
 
 
+@pytest.mark.parametrize(
+    "body", ["os.closerange(3, 1024)", "os._exit(0)"], ids=["closes-descriptors", "exits"]
+)
+def test_a_child_that_goes_silent_in_the_test_says_what_may_have_cut_it_off(run, body):
+    run.write(
+        f"""
+        import os, pytest
+
+        @pytest.mark.daemon_exit
+        def test_silent():
+            {body}
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*the child did not finish the test's call phase*",
+            "*nothing more came from the child after the test's setup*os._exit*",
+            "*os.closerange(3, ...)*",
+        ]
+    )
+
+
+def test_a_child_killed_in_the_test_gets_no_hint_about_descriptors(run):
+    run.write(
+        """
+        import os, signal, pytest
+
+        @pytest.mark.daemon_exit
+        def test_killed():
+            os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*the child did not finish the test's call phase*"])
+    result.stdout.no_fnmatch_line("*os.closerange*")
+
+
 def test_hang_in_the_test_body_is_stopped_by_run_timeout(run):
     run.write(
         """
