@@ -382,6 +382,19 @@ def _spin_forever(counter: List[int]) -> None:
         counter[0] += 1
 
 
+#: Seconds the injected late threads get to enter the interpreter before finalization goes
+#: on (they take a millisecond unless the machine is loaded).
+LATE_THREADS_WAIT = 0.5
+
+
+def _own_tasks(_listdir: Any = os.listdir, _frozenset: Any = frozenset, _exc: Any = OSError) -> Any:
+    """This process's thread ids (empty where /proc is missing); usable in finalization."""
+    try:
+        return _frozenset(_listdir("/proc/self/task"))
+    except _exc:
+        return _frozenset()
+
+
 class Engine:
     """One child's plan, compiled into per-phase actions."""
 
@@ -543,7 +556,12 @@ class Engine:
             _byref: Any = ctypes.byref,
             _keep: List[Any] = keep,
             _exc: Any = Exception,
+            _tasks: Any = _own_tasks,
+            _sleep: Any = time.sleep,
+            _now: Any = time.monotonic,
+            _wait: float = LATE_THREADS_WAIT,
         ) -> None:
+            before = _tasks()
             try:
                 _start(_probe, (b"python",))
             except _exc:
@@ -552,6 +570,14 @@ class Engine:
                 tid = _tid()
                 _keep.append(tid)
                 _create(_byref(tid), None, _cb, None)
+            # They enter the interpreter in this phase, as the policy says, and not at
+            # whatever later moment a loaded machine schedules them: one that starts after
+            # the interpreter was deleted crashes CPython, whatever the program does.
+            ours = _tasks() - before
+            deadline = _now() + _wait
+            while ours and _now() < deadline:
+                _sleep(0.001)
+                ours &= _tasks()
 
         return start
 
