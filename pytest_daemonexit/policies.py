@@ -65,8 +65,9 @@ ACTIONS: Dict[str, Tuple[Tuple[str, ...], str]] = {
     "spinners": (("count",), "start count CPU-bound daemon threads (GIL pressure)"),
     "late_threads": (
         (),
-        "start a Python thread and a native thread that calls back into Python; "
-        "either running Python code after finalization began is a LATE_THREAD failure",
+        "start a Python thread and a native thread that calls back into Python, and wait "
+        "(0.5 s at most) until both have tried; either running Python code after "
+        "finalization began is a LATE_THREAD failure",
     ),
     "c_delay": (("seconds",), "C exit handler that sleeps (only at after_finalize)"),
     "quiet": (
