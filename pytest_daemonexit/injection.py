@@ -168,6 +168,12 @@ def install_late_markers(
         sys.addaudithook(on_audit)
 
 
+#: Seconds the reaper waits for the processes it killed to die (one in uninterruptible
+#: sleep may take longer; the run's verdict is not held back for it).
+REAP_WAIT = 2.0
+_WAITPID = getattr(os, "waitpid", None)
+
+
 def make_reaper(fd: int) -> Callable[[], None]:
     """A function that SIGKILLs every process descended from this one and reports their
     pids on the channel.  Called at interpreter clear, the last point Python code runs: by
@@ -183,6 +189,11 @@ def make_reaper(fd: int) -> Callable[[], None]:
         _kill: Any = os.kill,
         _write: Any = os.write,
         _getpid: Any = os.getpid,
+        _waitpid: Any = _WAITPID,
+        _wnohang: int = int(getattr(os, "WNOHANG", 1)),
+        _monotonic: Any = time.monotonic,
+        _sleep: Any = time.sleep,
+        _wait: float = REAP_WAIT,
         _int: Any = int,
         _len: Any = len,
         _rdonly: int = os.O_RDONLY,
@@ -240,6 +251,33 @@ def make_reaper(fd: int) -> Callable[[], None]:
                 _kill(pid, _sigkill)
             except _exc:
                 pass
+        # SIGKILL is delivered when the victim is next scheduled; wait for each to die (and
+        # collect it: as subreaper we are its parent, or become so when its parent dies), so
+        # that none is still running when the run's verdict is given, nor left a zombie.
+        deadline = _monotonic() + _wait
+        waiting = found[:]
+        while waiting and _monotonic() < deadline:
+            alive = []
+            for pid in waiting:
+                try:
+                    if _waitpid(pid, _wnohang)[0] == 0:
+                        alive.append(pid)
+                    continue
+                except _exc:
+                    pass  # not (yet) our child: its parent has not died yet
+                try:
+                    handle = _open(f"/proc/{pid}/stat", _rdonly)
+                    try:
+                        stat = _read(handle, 4096)
+                    finally:
+                        _close(handle)
+                except _exc:
+                    continue  # gone
+                if stat[stat.rfind(b")") + 2 :][:1] not in (b"Z", b"X"):
+                    alive.append(pid)
+            waiting = alive
+            if waiting:
+                _sleep(0.001)
         line = b'{"event": "reaped", "pid": %d, "count": %d}\n' % (me, _len(found))
         try:
             _write(_fd, line)
