@@ -53,3 +53,13 @@ def child_environment(
         env.pop(name, None)
     env.update(extra or {})
     return env
+
+
+def with_hash_seed(env: Mapping[str, str], session_seed: int) -> Dict[str, str]:
+    """``env`` with ``PYTHONHASHSEED`` derived from the session seed, unless it sets one.
+    The order of a set of strings (which callbacks or workers close first at exit) then
+    follows the seed: a run's replay command reproduces it, and a forked child, which
+    keeps its server's hash secret, gets the one a spawned child would."""
+    out = dict(env)
+    out.setdefault("PYTHONHASHSEED", str(session_seed % 2**32))
+    return out

@@ -123,7 +123,7 @@ class SessionRuns:
                 if note not in self.notes:
                     self.notes.append(note)
             return None
-        env = _server_environment()
+        env = _server_environment(self.config.stash[plugin.SEED_KEY])
         base = (interp.path, flags, tuple(args))
         key = (*base, _startup_environment(env))
         with self._lock:
@@ -230,7 +230,7 @@ class SessionRuns:
 
     def execute(self, item: pytest.Item, settings: Settings, planned: Planned) -> Launched:
         """Start one run, watch it to its end, judge it (thread-safe)."""
-        from pytest_daemonexit import childcoverage, forkserver, plugin, runner
+        from pytest_daemonexit import childcoverage, childenv, forkserver, plugin, runner
         from pytest_daemonexit.judge import judge
 
         config = self.config
@@ -254,7 +254,9 @@ class SessionRuns:
             python=interp.path,
             python_flags=flags,
             cwd=str(config.invocation_params.dir),
-            env=childcoverage.child_environment(runner.child_environment()),
+            env=childcoverage.child_environment(
+                childenv.with_hash_seed(runner.child_environment(), config.stash[plugin.SEED_KEY])
+            ),
             timeout=settings.timeout,
             run_timeout=settings.run_timeout,
             plugins=tuple(n for n in [plugin._plugin_name(config)] if n),
@@ -386,10 +388,10 @@ def _startup_environment(env: Dict[str, str]) -> Tuple[Tuple[str, str], ...]:
     )
 
 
-def _server_environment() -> Dict[str, str]:
+def _server_environment(session_seed: int) -> Dict[str, str]:
     from pytest_daemonexit import childenv
 
-    env = childenv.child_environment()
+    env = childenv.with_hash_seed(childenv.child_environment(), session_seed)
     for name in _PER_RUN_ENV:
         env.pop(name, None)
     return env
@@ -413,7 +415,9 @@ def _new_server(
     )
 
 
-def launch_early(config: pytest.Config, interp: Interpreter, flags: Tuple[str, ...]) -> None:
+def launch_early(
+    config: pytest.Config, interp: Interpreter, flags: Tuple[str, ...], session_seed: int
+) -> None:
     """Launch the fork server of ``interp`` now, before the conftest files or at configure:
     it imports pytest while the parent goes on, and gets the command line at session start
     or when a run needs it (``SessionRuns._server`` adopts it).  One launched earlier that
@@ -423,7 +427,7 @@ def launch_early(config: pytest.Config, interp: Interpreter, flags: Tuple[str, .
     it."""
     from pytest_daemonexit import forkserver
 
-    env = _server_environment()
+    env = _server_environment(session_seed)
     if EARLY_KEY not in config.stash:
         # pytest unconfigures only a configured session: this also covers a command line
         # that fails to parse after the launch, in a process that goes on (pytest.main).

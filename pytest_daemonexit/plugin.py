@@ -57,6 +57,12 @@ CHILD_TARGET_KEY = pytest.StashKey[Optional[Tuple[Path, Tuple[str, ...]]]]()
 #: In a child that runs one test: its session (pytest_ignore_collect).
 CHILD_SESSION_KEY = pytest.StashKey[pytest.Session]()
 SEED_CACHE_KEY = "daemonexit/seed"
+#: The session seed as known before configure (drawn, or the xdist controller's), for a
+#: fork server launched early: its environment carries the seed's PYTHONHASHSEED.
+EARLY_SEED_KEY = pytest.StashKey[int]()
+#: An xdist controller's session seed, in the environment of the workers it starts: they
+#: launch their fork servers before xdist hands them its input.
+SEED_ENV = "PYTEST_DAEMONEXIT_SEED"
 #: Whether the last session that collected tests had marked ones (starts servers early).
 MARKED_CACHE_KEY = "daemonexit/marked"
 #: Options the replay command sets itself.
@@ -211,7 +217,12 @@ def _session_seed(config: pytest.Config, settings: Settings) -> int:
                 "be enabled)"
             )
         return seed
-    seed = random.Random().randrange(2**32) if settings.seed == "random" else int(settings.seed)
+    if settings.seed != "random":
+        seed = int(settings.seed)
+    elif EARLY_SEED_KEY in config.stash:  # drawn for a fork server launched early
+        seed = config.stash[EARLY_SEED_KEY]
+    else:
+        seed = random.Random().randrange(2**32)
     if cache is not None:
         cache.set(SEED_CACHE_KEY, seed)
     return seed
@@ -228,6 +239,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = settings
     if _in_child(config):
         return
+    _take_seed_from_controller(config)
     from pytest_daemonexit import policies
 
     try:
@@ -236,6 +248,7 @@ def pytest_configure(config: pytest.Config) -> None:
         shown = ",".join(settings.policies)
         raise pytest.UsageError(f"{_option_source(config, 'policies')}={shown}: {exc}") from None
     config.stash[SEED_KEY] = _session_seed(config, settings)
+    _hand_seed_to_workers(config)
     _launch_early(config, settings)
     config.stash[INTERPRETERS_KEY] = _interpreters(config, settings)
     from pytest_daemonexit import cireports
@@ -253,7 +266,46 @@ def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager
         return
     config = manager.get_plugin("pytestconfig")
     if isinstance(config, pytest.Config) and not _in_child(config):
+        _take_seed_from_controller(config)
         _launch_before_conftests(config, _options_while_loading(config))
+
+
+def _hand_seed_to_workers(config: pytest.Config) -> None:
+    """An xdist controller puts its seed where the workers it starts find it first."""
+    if _is_controller(config):
+        os.environ[SEED_ENV] = str(config.stash[SEED_KEY])
+
+        def forget() -> None:
+            os.environ.pop(SEED_ENV, None)
+
+        config.add_cleanup(forget)
+
+
+def _is_controller(config: pytest.Config) -> bool:
+    return getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput")
+
+
+def _take_seed_from_controller(config: pytest.Config) -> None:
+    """A worker's seed, before xdist hands it its input; taken out of the environment so
+    that no process a test starts inherits it."""
+    value = os.environ.pop(SEED_ENV, None)
+    if value is not None and value.isdigit() and "PYTEST_XDIST_WORKER" in os.environ:
+        config.stash[EARLY_SEED_KEY] = int(value)
+
+
+def _known_seed(config: pytest.Config, settings: Settings) -> Optional[int]:
+    """The session seed as far as it is known now; None before configure with ``last``
+    (read from pytest's cache then).  A seed drawn here is the session's."""
+    if SEED_KEY in config.stash:
+        return config.stash[SEED_KEY]
+    if EARLY_SEED_KEY in config.stash:
+        return config.stash[EARLY_SEED_KEY]
+    if settings.seed == "last":
+        return None
+    if settings.seed != "random":
+        return int(settings.seed)
+    config.stash[EARLY_SEED_KEY] = random.Random().randrange(2**32)
+    return config.stash[EARLY_SEED_KEY]
 
 
 def _options_while_loading(config: pytest.Config) -> Optional[Any]:
@@ -328,7 +380,10 @@ def _launch_early(config: pytest.Config, settings: Settings, options: Optional[A
     ):
         childruns.stop_early(config)
         return
-    childruns.launch_early(config, interpreters.current(), flags)
+    seed = _known_seed(config, settings)
+    if seed is None:
+        return  # launched at configure, which knows the seed the server's PYTHONHASHSEED needs
+    childruns.launch_early(config, interpreters.current(), flags, seed)
 
 
 def _expects_marked_tests(config: pytest.Config, options: Optional[Any] = None) -> bool:
@@ -446,8 +501,17 @@ def pytest_report_header(config: pytest.Config) -> Optional[List[str]]:
         f"start={start_mode(base)} jobs={jobs(config, base)} "
         f"{base.describe()}",
         f"daemonexit child: {pythons} {flags}; removed from its environment: "
-        f"{', '.join(removed) or 'nothing'}",
+        f"{', '.join(removed) or 'nothing'}; {_hash_seed_source(config)}",
     ]
+
+
+def _hash_seed_source(config: pytest.Config) -> str:
+    from pytest_daemonexit import childenv
+
+    if "PYTHONHASHSEED" in os.environ:
+        return f"PYTHONHASHSEED={os.environ['PYTHONHASHSEED']} (from the environment)"
+    env = childenv.with_hash_seed({}, config.stash[SEED_KEY])
+    return f"PYTHONHASHSEED={env['PYTHONHASHSEED']} (from the seed)"
 
 
 def start_mode(settings: Settings) -> str:

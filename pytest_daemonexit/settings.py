@@ -393,9 +393,10 @@ OPTIONS: Tuple[OptionSpec, ...] = (
         "seed",
         "random",
         parse_seed,
-        "Session seed from which every run's perturbation is derived: an integer, "
-        "'random' (a new one per session, shown in the header) or 'last' (the previous "
-        "session's, from pytest's cache) (default random).",
+        "Session seed from which every run's perturbation is derived, and the children's "
+        "PYTHONHASHSEED unless the environment sets one: an integer, 'random' (a new one "
+        "per session, shown in the header) or 'last' (the previous session's, from "
+        "pytest's cache) (default random).",
         "N",
         marker=False,
     ),

@@ -751,6 +751,12 @@ def test_a_server_is_launched_before_the_conftest_files_and_left_if_the_environm
     assert servers("--daemonexit-start=spawn", "test_it.py") == [(0, 0)]
     # Under xdist the worker launches its own; the controller, which runs no test, none.
     assert servers("-n", "1", "test_it.py") == [(0, 0), (1, 1)]
+    # The worker launched it before xdist handed it the controller's seed, with that
+    # seed's PYTHONHASHSEED all the same: it is kept.
+    with monkeypatch.context() as patch:
+        patch.setenv("PYTHONPATH", str(pytester.path / "extra"))
+        assert servers("-n", "1", "test_it.py") == [(0, 0), (1, 1)]
+        assert children_of_the_early_server()
     # With no record in the cache (a fresh checkout), a command line that names the
     # plugin or sets one of its options is taken to mean marked tests ...
     with monkeypatch.context() as patch:
@@ -1082,3 +1088,81 @@ def test_a_forked_child_has_no_module_a_spawned_one_has_not(run, pytester, monke
     extra = {m for m in seen["forkserver"] - seen["spawn"] if not m.startswith("pytest_daemonexit")}
     # The server's control channel needs these (README, "Known limitations").
     assert extra <= {"socket", "_socket", "array", "select", "signal", "subprocess"}
+
+
+HASH_SEED_TEST = """
+    import os, sys, pytest
+
+    @pytest.mark.daemon_exit
+    @pytest.mark.parametrize("n", [1, 2])
+    def test_records_its_hash(n):
+        # The order of a set of strings at exit follows this value.
+        with open(os.path.join(os.environ["HASH_OUT"], f"{n}-{os.getpid()}"), "w") as f:
+            f.write(f"{os.environ.get('PYTHONHASHSEED')} {hash('daemonexit')}")
+
+    def test_no_seed_handed_down():
+        assert "PYTEST_DAEMONEXIT_SEED" not in os.environ
+"""
+
+
+def _hash_under(seed: str) -> int:
+    import subprocess
+
+    env = {**os.environ, "PYTHONHASHSEED": seed}
+    out = subprocess.run(
+        [sys.executable, "-c", "print(hash('daemonexit'))"], env=env, capture_output=True, text=True
+    )
+    return int(out.stdout)
+
+
+def _recorded_hashes(out: Any) -> List[Tuple[str, int]]:
+    records = [path.read_text().split() for path in out.iterdir()]
+    return sorted({(seed, int(value)) for seed, value in records})
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_the_childrens_hash_seed_is_the_session_seeds(run, pytester, monkeypatch, start):
+    # Which of a set of strings comes first (callbacks, workers closed at exit) must follow
+    # the session seed: the replay command of a failed run meets the same order, and a
+    # forked child (which keeps its server's hash secret) the one a spawned child gets.
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    out = pytester.mkdir("hashes")
+    monkeypatch.setenv("HASH_OUT", str(out))
+    run.write(HASH_SEED_TEST)
+    result = run(f"--daemonexit-start={start}", "--daemonexit-seed=7", "--daemonexit-rounds=2")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["daemonexit child: *; PYTHONHASHSEED=7 (from the seed)"])
+    assert len(list(out.iterdir())) == 4
+    assert _recorded_hashes(out) == [("7", _hash_under("7"))]
+
+    for path in out.iterdir():
+        path.unlink()
+    result = run(f"--daemonexit-start={start}", "--daemonexit-seed=8")
+    result.assert_outcomes(passed=3)
+    assert _recorded_hashes(out) == [("8", _hash_under("8"))]
+    assert _hash_under("7") != _hash_under("8")
+
+    # One the environment sets is kept.
+    for path in out.iterdir():
+        path.unlink()
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    result = run(f"--daemonexit-start={start}", "--daemonexit-seed=7")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["daemonexit child: *; PYTHONHASHSEED=0 (from the environment)"])
+    assert _recorded_hashes(out) == [("0", _hash_under("0"))]
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_xdist_workers_children_get_the_controllers_hash_seed(run, pytester, monkeypatch, start):
+    # The workers launch their fork servers before xdist hands them the controller's seed;
+    # they find it in their environment, which no test then sees.
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    out = pytester.mkdir("hashes")
+    monkeypatch.setenv("HASH_OUT", str(out))
+    run.write(HASH_SEED_TEST)
+    result = run(f"--daemonexit-start={start}", "-n", "2", "--daemonexit-rounds=2")
+    result.assert_outcomes(passed=3)
+    (header,) = [line for line in result.outlines if line.startswith("daemonexit: seed=")]
+    seed = header.split()[1].split("=")[1]
+    assert len(list(out.iterdir())) == 4
+    assert _recorded_hashes(out) == [(seed, _hash_under(seed))]
