@@ -11,16 +11,23 @@ import os
 import runpy
 import sys
 import threading
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 from pytest_daemonexit import channel, childcoverage, injection
+
+if TYPE_CHECKING:
+    from pytest_daemonexit.programhooks import ProgramHooks
 
 
 class ChildReporter:
     """pytest plugin in the child: forwards test and collection reports to the parent."""
 
-    def __init__(self, writer: channel.Writer) -> None:
+    def __init__(
+        self, writer: channel.Writer, mark: Any = None, hooks: Optional[ProgramHooks] = None
+    ) -> None:
         self.writer = writer
+        self.mark = mark
+        self.hooks = hooks
         self.config: Any = None
 
     def pytest_configure(self, config: Any) -> None:
@@ -44,6 +51,21 @@ class ChildReporter:
         path = getattr(item, "funcargs", {}).get("tmp_path")
         if path is not None:
             self.writer.send("tmp_path", path=str(path))
+
+    def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
+        # The child's one test has ended: from here on its threads' errors are the
+        # program's to print, as they would be after the test outside pytest, and what
+        # stderr gets is judged as the exit's (pytest's own hooks would turn them into
+        # warnings nobody sees while its session ends).
+        if self.hooks is not None:
+            self.hooks.restore()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        if self.mark is not None:
+            self.mark("session_end")
 
     def pytest_collection_finish(self, session: Any) -> None:
         self.writer.send("collected", nodeids=[item.nodeid for item in session.items])
@@ -243,7 +265,7 @@ def run(
             from pytest_daemonexit import programhooks
 
             hooks = programhooks.ProgramHooks()
-            plugins: List[Any] = [ChildReporter(writer), hooks]
+            plugins: List[Any] = [ChildReporter(writer, mark, hooks), hooks]
             plugins += [name for name in spec.get("plugins", ()) if name]
             args = list(spec["args"])
             status = session(args, plugins) if session else pytest.main(args, plugins)

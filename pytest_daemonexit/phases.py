@@ -12,6 +12,7 @@ from typing import Dict, Tuple
 #: (name, description), in the order a clean exit reaches them.
 PHASES: Tuple[Tuple[str, str], ...] = (
     ("test", "running the test (setup, call, teardown) in the child"),
+    ("session_end", "the test finished; the child's pytest session is ending"),
     ("test_done", "the test finished; the main module is returning"),
     ("threading_shutdown", "threading._shutdown(): joining non-daemon threads"),
     ("atexit", "running atexit callbacks"),

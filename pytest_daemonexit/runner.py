@@ -439,8 +439,15 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
     for record in records:
         if record["event"] == "test_done":
             offsets = record.get("offsets") or {}
+    err_split = offsets.get("stderr")
+    for mark in phases:
+        if mark.name == "session_end" and mark.stderr_offset >= 0:
+            # What a child printed once its test had ended (a thread's error while pytest's
+            # session ends) is judged with the exit, as outside pytest; its stdout is
+            # pytest's summary until the session has ended.
+            err_split = mark.stderr_offset
     stdout_test, stdout_exit = _split(out_path, offsets.get("stdout"))
-    stderr_test, stderr_exit = _split(err_path, offsets.get("stderr"))
+    stderr_test, stderr_exit = _split(err_path, err_split)
     faults = _read_range(fault_path, 0, None).text
     version = None
     for record in records:

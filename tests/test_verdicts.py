@@ -394,6 +394,61 @@ def test_an_unraisable_hook_the_test_installed_still_handles_errors_at_exit(run,
     assert logged.read_text() == "RuntimeError('socket already closed')"
 
 
+SESSION_END_CONFTEST = """
+import threading
+
+#: (event, thread): threads that raise once the session ends, here or in a child.
+LATER = []
+
+def pytest_sessionfinish(session):
+    # In the child, after its test: the thread raises while pytest's session ends.
+    for go, thread in LATER:
+        go.set()
+        thread.join()
+"""
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+@pytest.mark.parametrize("hook", ["default", "swallowing"])
+def test_a_thread_that_raises_while_the_childs_session_ends_is_judged(run, start, hook):
+    # A thread that raises just after the test prints "Exception in thread" outside
+    # pytest. In the child, pytest's session is still ending then, and its own hook would
+    # turn the error into a warning nobody sees; the window is longer spawned than forked.
+    run.pytester.makeconftest(SESSION_END_CONFTEST)
+    swallow = "threading.excepthook = lambda args: None" if hook != "default" else ""
+    run.write(
+        f"""
+        import threading, pytest
+        from conftest import LATER
+
+        @pytest.mark.daemon_exit
+        def test_reconnects_later():
+            {swallow}
+            go = threading.Event()
+
+            def fail_later():
+                go.wait()
+                raise ConnectionResetError("peer went away")
+
+            thread = threading.Thread(target=fail_later, name="reconnector", daemon=True)
+            thread.start()
+            LATER.append((go, thread))
+        """
+    )
+    result = run(f"--daemonexit-start={start}")
+    if hook != "default":
+        result.assert_outcomes(passed=1)
+        return
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*SHUTDOWN_EXCEPTION (printed in phase session_end)*",
+            "*Exception in thread reconnector*",
+            "*ConnectionResetError: peer went away*",
+        ]
+    )
+
+
 def test_exception_ignored_in_finalizer(run):
     run.write(
         """
