@@ -58,7 +58,7 @@ class ChildReporter:
         # stderr gets is judged as the exit's (pytest's own hooks would turn them into
         # warnings nobody sees while its session ends).
         if self.hooks is not None:
-            self.hooks.restore()
+            self.hooks.test_ended()
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

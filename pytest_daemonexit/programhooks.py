@@ -9,10 +9,12 @@ so a thread that raises at exit would print "Exception in thread" in the child a
 nowhere else.
 
 In the child, each test phase therefore runs with a stand-in for whatever hook is set.
-While pytest's session runs, the stand-in calls that hook (pytest's collector), and after
-the session it calls the hook a program would have had. The test's own hooks are then put
-back. A test hook that chains to the one it replaced (``previous(args)``) thus reaches the
-interpreter's default at exit, as it would outside pytest.
+While the test runs, the stand-in calls that hook (pytest's collector); once the test has
+ended, it calls the hook a program would have had, and the test's own hooks are back. A
+test hook that chains to the one it replaced (``previous(args)``) thus reaches the
+interpreter's default at exit, as it would outside pytest. What pytest puts back at its
+session's end is a stand-in too, set before pytest's configure saved it, so a thread that
+raises while the session ends meets the same hook.
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ class ProgramHooks:
         self.original: Dict[str, Any] = {name: getattr(mod, name) for mod, name in _HOOKS}
         self.stand_ins: List[Tuple[str, _StandIn]] = []
         self.set_by_test: Dict[str, List[Any]] = {name: [] for _mod, name in _HOOKS}
+        # What pytest (8.4 and later) saves at its configure and puts back at its session's
+        # end: retargeted when the test ends, so that a thread that raises after pytest has
+        # put it back still meets the program's hook.
+        self.session: Dict[str, _StandIn] = {}
+        for mod, name in _HOOKS:
+            self.session[name] = _StandIn(self.original[name])
+            setattr(mod, name, self.session[name])
 
     def _phase(self) -> Generator[None, Any, Any]:
         # Innermost wrapper (trylast): inside pytest's own, which may set its hook per phase.
@@ -77,9 +86,10 @@ class ProgramHooks:
     def pytest_runtest_teardown(self, item: Any, nextitem: Any) -> Generator[None, Any, Any]:
         return (yield from self._phase())
 
-    def restore(self) -> None:
-        """After the session: stand-ins that called pytest's hooks call the program's, and
-        the hooks the test set last are back."""
+    def test_ended(self) -> None:
+        """The child's one test has ended: stand-ins that called pytest's hooks call the
+        program's, and the hooks the test set last are in place, while pytest's session
+        ends and after."""
         for name, stand_in in self.stand_ins:
             target = stand_in.target
             if isinstance(target, _StandIn) or any(target is v for v in self.set_by_test[name]):
@@ -87,4 +97,13 @@ class ProgramHooks:
             stand_in.target = self.original[name]
         for mod, name in _HOOKS:
             if self.set_by_test[name]:
+                self.session[name].target = self.set_by_test[name][-1]
                 setattr(mod, name, self.set_by_test[name][-1])
+
+    def restore(self) -> None:
+        """After the session: the hooks the test set last, else the program's own (not
+        the stand-in pytest put back)."""
+        self.test_ended()
+        for mod, name in _HOOKS:
+            if not self.set_by_test[name] and getattr(mod, name) is self.session[name]:
+                setattr(mod, name, self.session[name].target)
