@@ -1115,9 +1115,23 @@ def _hash_under(seed: str) -> int:
     return int(out.stdout)
 
 
-def _recorded_hashes(out: Any) -> List[Tuple[str, int]]:
+def _hash_project(run: Any, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """HASH_SEED_TEST with no PYTHONHASHSEED set; its children record into the directory
+    returned."""
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    out = pytester.mkdir("hashes")
+    monkeypatch.setenv("HASH_OUT", str(out))
+    run.write(HASH_SEED_TEST)
+    return out
+
+
+def _take_hashes(out: Any) -> Tuple[int, List[Tuple[str, int]]]:
+    """How many children recorded, and the distinct (PYTHONHASHSEED, hash) they saw; the
+    records are removed for the next session."""
     records = [path.read_text().split() for path in out.iterdir()]
-    return sorted({(seed, int(value)) for seed, value in records})
+    for path in out.iterdir():
+        path.unlink()
+    return len(records), sorted({(seed, int(value)) for seed, value in records})
 
 
 @pytest.mark.parametrize("start", ["spawn", "forkserver"])
@@ -1125,44 +1139,32 @@ def test_the_childrens_hash_seed_is_the_session_seeds(run, pytester, monkeypatch
     # Which of a set of strings comes first (callbacks, workers closed at exit) must follow
     # the session seed: the replay command of a failed run meets the same order, and a
     # forked child (which keeps its server's hash secret) the one a spawned child gets.
-    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
-    out = pytester.mkdir("hashes")
-    monkeypatch.setenv("HASH_OUT", str(out))
-    run.write(HASH_SEED_TEST)
+    out = _hash_project(run, pytester, monkeypatch)
     result = run(f"--daemonexit-start={start}", "--daemonexit-seed=7", "--daemonexit-rounds=2")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["daemonexit child: *; PYTHONHASHSEED=7 (from the seed)"])
-    assert len(list(out.iterdir())) == 4
-    assert _recorded_hashes(out) == [("7", _hash_under("7"))]
+    assert _take_hashes(out) == (4, [("7", _hash_under("7"))])
 
-    for path in out.iterdir():
-        path.unlink()
     result = run(f"--daemonexit-start={start}", "--daemonexit-seed=8")
     result.assert_outcomes(passed=3)
-    assert _recorded_hashes(out) == [("8", _hash_under("8"))]
+    assert _take_hashes(out) == (2, [("8", _hash_under("8"))])
     assert _hash_under("7") != _hash_under("8")
 
     # One the environment sets is kept.
-    for path in out.iterdir():
-        path.unlink()
     monkeypatch.setenv("PYTHONHASHSEED", "0")
     result = run(f"--daemonexit-start={start}", "--daemonexit-seed=7")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["daemonexit child: *; PYTHONHASHSEED=0 (from the environment)"])
-    assert _recorded_hashes(out) == [("0", _hash_under("0"))]
+    assert _take_hashes(out) == (2, [("0", _hash_under("0"))])
 
 
 @pytest.mark.parametrize("start", ["spawn", "forkserver"])
 def test_xdist_workers_children_get_the_controllers_hash_seed(run, pytester, monkeypatch, start):
     # The workers launch their fork servers before xdist hands them the controller's seed;
     # they find it in their environment, which no test then sees.
-    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
-    out = pytester.mkdir("hashes")
-    monkeypatch.setenv("HASH_OUT", str(out))
-    run.write(HASH_SEED_TEST)
+    out = _hash_project(run, pytester, monkeypatch)
     result = run(f"--daemonexit-start={start}", "-n", "2", "--daemonexit-rounds=2")
     result.assert_outcomes(passed=3)
     (header,) = [line for line in result.outlines if line.startswith("daemonexit: seed=")]
     seed = header.split()[1].split("=")[1]
-    assert len(list(out.iterdir())) == 4
-    assert _recorded_hashes(out) == [(seed, _hash_under(seed))]
+    assert _take_hashes(out) == (4, [(seed, _hash_under(seed))])
