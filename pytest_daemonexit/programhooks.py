@@ -41,10 +41,24 @@ class _StandIn:
         return self.target(*args)
 
 
+def _resolved(hook: Any) -> Any:
+    while isinstance(hook, _StandIn):
+        hook = hook.target
+    return hook
+
+
+def _is_pytests(hook: Any) -> bool:
+    """pytest's own collector: a partial (pytest 8.4 and later) or a bound method of a
+    context manager (earlier ones), defined in ``_pytest``."""
+    func = getattr(hook, "func", hook)
+    func = getattr(func, "__func__", func)
+    return str(getattr(func, "__module__", "")).startswith("_pytest.")
+
+
 class ProgramHooks:
-    """pytest plugin in the child. Made before pytest's configure, so the hooks it finds
-    are the ones the program has (the interpreter's defaults, or what the conftest files,
-    imported later, replace them with: pytest keeps those itself)."""
+    """pytest plugin in the child. Made before pytest's configure; the hooks the program
+    has are those in place when its configure begins (the interpreter's defaults, or what
+    the conftest files imported before it put there)."""
 
     def __init__(self) -> None:
         self.original: Dict[str, Any] = {name: getattr(mod, name) for mod, name in _HOOKS}
@@ -54,9 +68,18 @@ class ProgramHooks:
         # end: retargeted when the test ends, so that a thread that raises after pytest has
         # put it back still meets the program's hook.
         self.session: Dict[str, _StandIn] = {}
+        #: The program's last hooks, taken when the test ended.
+        self.program: Dict[str, Any] = {}
         for mod, name in _HOOKS:
             self.session[name] = _StandIn(self.original[name])
             setattr(mod, name, self.session[name])
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_configure(self, config: Any) -> None:
+        # Before pytest's own configure replaces them (8.4 and later).
+        self.original = {name: _resolved(getattr(mod, name)) for mod, name in _HOOKS}
+        for name, stand_in in self.session.items():
+            stand_in.target = self.original[name]
 
     def _phase(self) -> Generator[None, Any, Any]:
         # Innermost wrapper (trylast): inside pytest's own, which may set its hook per phase.
@@ -88,22 +111,28 @@ class ProgramHooks:
 
     def test_ended(self) -> None:
         """The child's one test has ended: stand-ins that called pytest's hooks call the
-        program's, and the hooks the test set last are in place, while pytest's session
+        program's, and the hooks the program set last are in place, while pytest's session
         ends and after."""
         for name, stand_in in self.stand_ins:
-            target = stand_in.target
-            if isinstance(target, _StandIn) or any(target is v for v in self.set_by_test[name]):
-                continue  # the test's own hook, or a chain to it: kept
-            stand_in.target = self.original[name]
+            if _is_pytests(stand_in.target):
+                # Anything else is the program's: the test's own hook, one its module set
+                # at import, or a chain to another stand-in.
+                stand_in.target = self.original[name]
+        if self.program:
+            return  # what pytest puts back at its session's end is not the program's
         for mod, name in _HOOKS:
             if self.set_by_test[name]:
-                self.session[name].target = self.set_by_test[name][-1]
-                setattr(mod, name, self.set_by_test[name][-1])
+                hook = self.set_by_test[name][-1]
+                # Safe only for a hook set in a test phase: one the test module set at
+                # import may chain to this stand-in.
+                self.session[name].target = hook
+                setattr(mod, name, hook)
+            else:
+                hook = _resolved(getattr(mod, name))
+            self.program[name] = self.original[name] if _is_pytests(hook) else hook
 
     def restore(self) -> None:
-        """After the session: the hooks the test set last, else the program's own (not
-        the stand-in pytest put back)."""
+        """After the session: the hooks the program set last (not what pytest put back)."""
         self.test_ended()
         for mod, name in _HOOKS:
-            if not self.set_by_test[name] and getattr(mod, name) is self.session[name]:
-                setattr(mod, name, self.session[name].target)
+            setattr(mod, name, self.program[name])

@@ -329,6 +329,25 @@ def test_errors_are_logged():
 
 
 @pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_a_threads_error_hook_the_test_module_set_at_import_handles_errors_at_exit(run, start):
+    # Set while pytest collects, outside every test phase: still the program's hook.
+    run.write(
+        RAISES_AT_EXIT
+        + """
+threading.excepthook = record
+
+@pytest.mark.daemon_exit
+def test_errors_are_logged():
+    raise_at_exit()
+"""
+    )
+    result = run(f"--daemonexit-start={start}")
+    result.assert_outcomes(passed=1)
+    logged = run.pytester.path / "logged.txt"
+    assert logged.read_text() == "ConnectionResetError('peer went away')"
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
 def test_a_hook_that_chains_to_the_one_it_replaced_reaches_the_default_at_exit(run, start):
     # The hook the test replaced was pytest's; outside pytest it is the interpreter's
     # default, which prints the error: the run fails as the program would print.
@@ -401,6 +420,10 @@ import threading
 #: (event, thread): threads that raise once the session ends, here or in a child.
 LATER = []
 
+if os.environ["HOOK"] == "conftest":
+    # A library the conftest file imports handles its threads' errors itself.
+    threading.excepthook = lambda args: None
+
 def release():
     for go, thread in LATER:
         go.set()
@@ -419,7 +442,7 @@ def pytest_configure(config):
 
 
 @pytest.mark.parametrize("start", ["spawn", "forkserver"])
-@pytest.mark.parametrize("hook", ["default", "swallowing"])
+@pytest.mark.parametrize("hook", ["default", "test", "conftest"])
 @pytest.mark.parametrize("when", ["sessionfinish", "cleanup"])
 def test_a_thread_that_raises_while_the_childs_session_ends_is_judged(
     run, monkeypatch, start, hook, when
@@ -430,7 +453,8 @@ def test_a_thread_that_raises_while_the_childs_session_ends_is_judged(
     # at its very end it puts back the hook it found at its start, not the test's.
     run.pytester.makeconftest(SESSION_END_CONFTEST)
     monkeypatch.setenv("RAISE_AT", when)
-    swallow = "threading.excepthook = lambda args: None" if hook == "swallowing" else ""
+    monkeypatch.setenv("HOOK", hook)
+    swallow = "threading.excepthook = lambda args: None" if hook == "test" else ""
     run.write(
         f"""
         import threading, pytest
@@ -451,7 +475,7 @@ def test_a_thread_that_raises_while_the_childs_session_ends_is_judged(
         """
     )
     result = run(f"--daemonexit-start={start}")
-    if hook == "swallowing":
+    if hook != "default":  # a swallowing hook, the test's or the conftest file's
         result.assert_outcomes(passed=1)
         result.stdout.no_fnmatch_line("*Exception in thread*")
         return
