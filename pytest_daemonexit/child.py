@@ -59,11 +59,7 @@ class ChildReporter:
         # warnings nobody sees while its session ends).
         if self.hooks is not None:
             self.hooks.test_ended()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
+        _flush_std_streams()
         if self.mark is not None:
             self.mark("session_end")
 
@@ -136,6 +132,16 @@ def _keep_capture_files_open(config: Any) -> None:
             capture.done = done
         except AttributeError:  # another pytest: leave its capture as it is
             continue
+
+
+def _flush_std_streams() -> None:
+    """So that the offsets taken next cover what the test printed (a test may have
+    closed or replaced the streams)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
 
 
 def _offsets() -> Dict[str, int]:
@@ -279,11 +285,7 @@ def run(
                 writer.send("script_exit", code=repr(exc.code))
                 raise
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
+        _flush_std_streams()
         writer.send("test_done", offsets=_offsets())
         mark("test_done")
         watchdog.take_over()

@@ -217,12 +217,8 @@ def _session_seed(config: pytest.Config, settings: Settings) -> int:
                 "be enabled)"
             )
         return seed
-    if settings.seed != "random":
-        seed = int(settings.seed)
-    elif EARLY_SEED_KEY in config.stash:  # drawn for a fork server launched early
-        seed = config.stash[EARLY_SEED_KEY]
-    else:
-        seed = random.Random().randrange(2**32)
+    seed = _known_seed(config, settings)  # drawn already if a fork server launched early
+    assert seed is not None  # only 'last' is unknown before configure
     if cache is not None:
         cache.set(SEED_CACHE_KEY, seed)
     return seed
@@ -298,12 +294,12 @@ def _known_seed(config: pytest.Config, settings: Settings) -> Optional[int]:
     (read from pytest's cache then).  A seed drawn here is the session's."""
     if SEED_KEY in config.stash:
         return config.stash[SEED_KEY]
+    if settings.seed not in ("random", "last"):
+        return int(settings.seed)
     if EARLY_SEED_KEY in config.stash:
         return config.stash[EARLY_SEED_KEY]
     if settings.seed == "last":
         return None
-    if settings.seed != "random":
-        return int(settings.seed)
     config.stash[EARLY_SEED_KEY] = random.Random().randrange(2**32)
     return config.stash[EARLY_SEED_KEY]
 
