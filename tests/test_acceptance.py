@@ -158,6 +158,7 @@ def test_woken_while_waiting_hangs_only_cpython_3_9_in_drop_gil(tmp_path, python
 
 
 LAZY_WORKER_IN_FINALIZER = """
+    import gc
     import threading
 
     class Pool:
@@ -166,6 +167,10 @@ LAZY_WORKER_IN_FINALIZER = """
             threading.Thread(target=print, args=("late work",)).start()
 
     pool = Pool()
+    # The instance is in a cycle with the script's globals, which only a collection frees:
+    # no automatic one before finalization's (where one fell depended on how much the
+    # child allocated after the script, and ran the finalizer while the program ran).
+    gc.set_threshold(1_000_000)
 """
 
 
