@@ -368,11 +368,9 @@ class ForkServer:
             except OSError:
                 pass
         if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                from pytest_daemonexit import processes
+            from pytest_daemonexit import processes
 
+            if not processes.wait_exited(self.proc, 2):
                 processes.kill_tree(self.proc.pid)
                 self.proc.wait(timeout=10)
         if self._sock is not None:
@@ -644,9 +642,10 @@ def _serve(spec: Mapping[str, Any], sock: socket.socket) -> Tuple[Dict[str, Any]
                 os.close(fd)
             # Orphans of a child killed by a signal can reach us a while after it was
             # reaped (it was dumping core): then keep looking for a moment.
-            for _ in range(_FINAL_SWEEPS if crashed else 1):
+            for sweep in range(_FINAL_SWEEPS if crashed else 1):
+                if sweep:
+                    time.sleep(0.01)
                 _stop_orphans(children)
-                time.sleep(0.01)
             _leave()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
+import subprocess
 import sys
 from typing import Dict, List, Optional, Set
 
@@ -99,6 +101,29 @@ def kill_tree(pid: int, group: bool = True) -> None:
 #: A process that replaces its whole environment escapes it; nothing short of cgroups
 #: would catch that.
 RUN_TAG = "PYTEST_DAEMONEXIT_RUN"
+
+
+def wait_exited(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait at most ``timeout`` seconds for ``proc`` to exit, and collect it; False if it
+    is still running.  With a pidfd the wait ends when the process does: ``Popen.wait``
+    polls, sleeping up to 50 ms past the exit."""
+    pidfd = None
+    if hasattr(os, "pidfd_open") and proc.poll() is None:
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except OSError:
+            pass
+    if pidfd is not None:
+        try:
+            select.select([pidfd], [], [], timeout)
+        finally:
+            os.close(pidfd)
+        timeout = 0.05  # it exited (or the time is up): collect it
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def tag_environment(env: Dict[str, str]) -> str:
