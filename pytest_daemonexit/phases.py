@@ -37,8 +37,3 @@ def describe(phase: str) -> str:
 def order(phase: str) -> int:
     """Position of a phase in the shutdown sequence; unknown names sort last."""
     return _ORDER.get(phase, len(_ORDER))
-
-
-def after_test(phase: str) -> bool:
-    """True once the test itself has finished in the child."""
-    return order(phase) >= _ORDER["test_done"]

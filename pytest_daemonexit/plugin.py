@@ -268,17 +268,13 @@ def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager
 
 def _hand_seed_to_workers(config: pytest.Config) -> None:
     """An xdist controller puts its seed where the workers it starts find it first."""
-    if _is_controller(config):
+    if _xdist_controller(config):
         os.environ[SEED_ENV] = str(config.stash[SEED_KEY])
 
         def forget() -> None:
             os.environ.pop(SEED_ENV, None)
 
         config.add_cleanup(forget)
-
-
-def _is_controller(config: pytest.Config) -> bool:
-    return getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput")
 
 
 def _take_seed_from_controller(config: pytest.Config) -> None:
@@ -636,6 +632,17 @@ def _may_run_children(config: pytest.Config, options: Optional[Any] = None) -> b
     are skipped).
     ``options``: the known arguments, before pytest (and xdist) finished parsing them."""
     option = config.option if options is None else options
+    return not (
+        _in_child(config)
+        or any(getattr(option, name, False) for name in _NO_CHILDREN_OPTIONS)
+        or _xdist_controller(config, options)
+    )
+
+
+def _xdist_controller(config: pytest.Config, options: Optional[Any] = None) -> bool:
+    """Whether this process is an xdist controller: it starts workers and runs no test.
+    ``options``: the known arguments, before pytest (and xdist) finished parsing them."""
+    option = config.option if options is None else options
     worker = hasattr(config, "workerinput") or (
         # xdist sets its worker's input only after parsing, its environment before (a
         # pytest started from a worker inherits it: configure then stops that server).
@@ -645,11 +652,7 @@ def _may_run_children(config: pytest.Config, options: Optional[Any] = None) -> b
     controller = getattr(option, "dist", "no") != "no" or (
         options is not None and bool(getattr(option, "numprocesses", None))
     )
-    return not (
-        _in_child(config)
-        or any(getattr(option, name, False) for name in _NO_CHILDREN_OPTIONS)
-        or (controller and not worker)
-    )
+    return controller and not worker
 
 
 #: Options with which no marked test runs a child (the debuggers skip marked tests).
