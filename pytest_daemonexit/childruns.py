@@ -89,6 +89,8 @@ class SessionRuns:
         self._closed = threading.Event()
         self._closing = threading.Event()
         self._starting: List[ForkServer] = []  # being started (under self._lock)
+        self._caches: List[Path] = []  # emptied pytest caches of finished runs (under self._lock)
+        self._cache_count = 0
         self.pycache_prefix = self._bytecode_dir()
 
     def _bytecode_dir(self) -> Optional[str]:
@@ -243,10 +245,12 @@ class SessionRuns:
         flags = settings.python_flags()
         server = self._server(interp, flags, common)
         args = [*common, f"--basetemp={Path(run_dir, 'basetemp')}"]
+        cache_dir: Optional[Path] = None
         if config.pluginmanager.has_plugin("cacheprovider"):
             # The child's cache must not overwrite the parent's (lastfailed, stepwise), and
-            # a forked child must not see what earlier children of its server put there.
-            args += ["-o", f"cache_dir={Path(run_dir, 'cache')}"]
+            # must not show what earlier runs of the session put there.
+            cache_dir = self._take_cache()
+            args += ["-o", f"cache_dir={cache_dir}"]
         args.append(plugin._node_arg(item))
         request = runner.RunRequest(
             mode="pytest",
@@ -270,13 +274,51 @@ class SessionRuns:
         )
         start = "spawn" if server is None else "forkserver"
         try:
-            evidence = runner.run(request)
-        except forkserver.ForkServerError:
-            # The server died between runs: this run is spawned, the next one restarts it.
-            request = dataclasses.replace(request, forkserver=None)
-            evidence, start = runner.run(request), "spawn"
+            try:
+                evidence = runner.run(request)
+            except forkserver.ForkServerError:
+                # The server died between runs: this run is spawned, the next one restarts it.
+                request = dataclasses.replace(request, forkserver=None)
+                evidence, start = runner.run(request), "spawn"
+        finally:
+            if cache_dir is not None:
+                self._give_back_cache(cache_dir)
         verdict = judge(evidence, settings, self.signatures, planned.policy)
         return Launched(evidence, verdict, start, environ)
+
+    def _take_cache(self) -> Path:
+        """A pytest cache directory for one run, as empty as a new one.  pytest makes a new
+        cache's directory and its three supporting files at the first write (the child's
+        session end): on a slow disk that cost as much as the run's own files.  So the
+        session keeps one per run in flight and empties it when the run ends."""
+        with self._lock:
+            if self._caches:
+                return self._caches.pop()
+            self._cache_count += 1
+            return Path(self.session_dir, "caches", str(self._cache_count))
+
+    def _give_back_cache(self, path: Path) -> None:
+        """Empty ``path`` of what the run put there, keeping what pytest writes when it
+        creates a cache; one that cannot be emptied is not used again."""
+        try:
+            entries = os.listdir(path)
+        except FileNotFoundError:
+            entries = []  # the run wrote nothing: still new
+        except OSError:
+            return
+        try:
+            for name in entries:
+                if name in _CACHE_SUPPORT_FILES:
+                    continue
+                entry = Path(path, name)
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        except OSError:
+            return
+        with self._lock:
+            self._caches.append(path)
 
     # -- running ahead ----------------------------------------------------------------
 
@@ -334,6 +376,11 @@ class SessionRuns:
         self._closed.set()
         if self._own_dir:  # pytest's tmpdir plugin is off: nothing else removes it
             shutil.rmtree(self.session_dir, ignore_errors=True)
+
+
+#: What pytest writes into a cache directory it creates (``Cache.mkdir`` and values go
+#: to ``d/`` and ``v/``).
+_CACHE_SUPPORT_FILES = frozenset({"README.md", ".gitignore", "CACHEDIR.TAG"})
 
 
 def spawned_anyway(version: Tuple[int, ...], flags: Tuple[str, ...]) -> bool:

@@ -292,24 +292,32 @@ SELECTION = """
 """
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
 @pytest.mark.parametrize("start", ["spawn", "forkserver"])
-def test_each_run_has_a_pytest_cache_of_its_own(run, pytester, start):
+def test_each_run_has_a_pytest_cache_of_its_own(run, pytester, start, jobs):
     # A plugin or test that keeps something in config.cache, and pytest's own lastfailed
-    # and nodeids, must not see what an earlier run of the session put there.
+    # and nodeids, must not see what an earlier run of the session put there (the
+    # session hands a run's cache directory, emptied, to a later run).
     run.write(
         """
         import pytest
 
         @pytest.mark.daemon_exit
-        @pytest.mark.parametrize("n", range(3))
+        @pytest.mark.parametrize("n", range(5))
         def test_keeps(request, n):
             cache = request.config.cache
             assert cache.get("project/seen", None) is None
             assert cache.get("cache/nodeids", []) == []
+            assert cache.get("cache/lastfailed", {}) == {}
+            kept = cache.mkdir("project")
+            assert list(kept.iterdir()) == []
+            (kept / "file").write_text(str(n))
             cache.set("project/seen", n)
+            assert n % 2 == 0  # odd runs fail: pytest writes its lastfailed
         """
     )
-    run(f"--daemonexit-start={start}", "--daemonexit-jobs=1").assert_outcomes(passed=3)
+    result = run(f"--daemonexit-start={start}", f"--daemonexit-jobs={jobs}")
+    result.assert_outcomes(passed=3, failed=2)
     # Nor does the session's own cache get the children's entries.
     assert not (pytester.path / ".pytest_cache" / "v" / "project").exists()
 
