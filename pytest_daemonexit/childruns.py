@@ -265,7 +265,7 @@ class SessionRuns:
             run_timeout=settings.run_timeout,
             plugins=tuple(n for n in [plugin._plugin_name(config)] if n),
             native_stacks=settings.native_stacks,
-            workdir=str(Path(run_dir, "run")),
+            workdir=run_dir,
             plan=planned.policy.plan(planned.seed, interp.version),
             seed=planned.seed,
             forkserver=server,

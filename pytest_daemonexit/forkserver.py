@@ -319,13 +319,15 @@ class ForkServer:
     def alive(self) -> bool:
         return self._dead is None and self.proc is not None and self.proc.poll() is None
 
-    def launch(self, spec_path: str, env: Mapping[str, str], fds: Sequence[int]) -> ForkedChild:
-        """Fork a child for the run described by ``spec_path``; ``fds`` are its channel,
-        stdout and stderr."""
+    def launch(
+        self, spec: Mapping[str, Any], env: Mapping[str, str], fds: Sequence[int]
+    ) -> ForkedChild:
+        """Fork a child for the run described by ``spec`` (what a spawned child reads
+        from its spec file); ``fds`` are its channel, stdout and stderr."""
         with self._lock:
             if not self.alive or self._sock is None:
                 raise ForkServerError(self._dead or "the fork server is not running")
-            _send(self._sock, {"op": "run", "spec": spec_path, "env": dict(env)}, fds)
+            _send(self._sock, {"op": "run", "spec": dict(spec), "env": dict(env)}, fds)
             import queue
 
             try:
@@ -813,8 +815,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         # is how the parent finds it after a crash (processes.tagged).
         processes.name_process(run_tags.split(",")[-1])
 
-    with open(request["spec"], encoding="utf-8") as f:
-        run_spec = json.load(f)
+    run_spec = dict(request["spec"])
     run_spec["channel_fd"] = channel_fd
     run_spec["parent_pid"] = server_pid
     noconftest = bool(spec.get("user_noconftest"))

@@ -331,7 +331,9 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
     }
     storms = {a.phase: a for a in request.plan if a.do == "storm"}
     storm: Optional[_Storm] = None
-    spec_path.write_text(json.dumps(spec), encoding="utf-8")
+    if request.forkserver is None:
+        spec_path.write_text(json.dumps(spec), encoding="utf-8")
+    # A forked child gets the spec with the fork request: no file to write and remove.
     argv = request.argv(str(spec_path))
     env = dict(request.env) if request.env is not None else child_environment()
     token = processes.tag_environment(env)
@@ -341,7 +343,7 @@ def _run(request: RunRequest, workdir: Path) -> Evidence:
         with open(out_path, "wb") as out_f, open(err_path, "wb") as err_f:
             if request.forkserver is not None:
                 proc = request.forkserver.launch(
-                    str(spec_path), env, (write_fd, out_f.fileno(), err_f.fileno())
+                    spec, env, (write_fd, out_f.fileno(), err_f.fileno())
                 )
             else:
                 proc = subprocess.Popen(
