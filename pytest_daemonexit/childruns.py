@@ -298,23 +298,11 @@ class SessionRuns:
             return Path(self.session_dir, "caches", str(self._cache_count))
 
     def _give_back_cache(self, path: Path) -> None:
-        """Empty ``path`` of what the run put there, keeping what pytest writes when it
-        creates a cache; one that cannot be emptied is not used again."""
+        """Empty ``path`` for a later run; one that cannot be emptied is not used again."""
         try:
-            entries = os.listdir(path)
+            _empty_cache(path)
         except FileNotFoundError:
-            entries = []  # the run wrote nothing: still new
-        except OSError:
-            return
-        try:
-            for name in entries:
-                if name in _CACHE_SUPPORT_FILES:
-                    continue
-                entry = Path(path, name)
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
+            pass  # the run wrote nothing: still new
         except OSError:
             return
         with self._lock:
@@ -381,6 +369,39 @@ class SessionRuns:
 #: What pytest writes into a cache directory it creates (``Cache.mkdir`` and values go
 #: to ``d/`` and ``v/``).
 _CACHE_SUPPORT_FILES = frozenset({"README.md", ".gitignore", "CACHEDIR.TAG"})
+
+
+def _empty_cache(path: Path) -> None:
+    """Remove what a run put in the pytest cache ``path``: all but the files pytest
+    writes when it creates a cache, and the directory of pytest's own values
+    (``v/cache``, emptied), where every child's session end writes ``cache/nodeids``."""
+    for entry in _entries(path):
+        if entry.name in _CACHE_SUPPORT_FILES:
+            continue
+        if entry.name != "v" or not _is_dir(entry):
+            _remove(entry)
+            continue
+        for value in _entries(entry):
+            if value.name == "cache" and _is_dir(value):
+                for own in _entries(value):
+                    _remove(own)
+            else:
+                _remove(value)
+
+
+def _entries(directory: Path) -> List[Path]:
+    return [Path(directory, name) for name in os.listdir(directory)]
+
+
+def _is_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _remove(path: Path) -> None:
+    if _is_dir(path):
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def spawned_anyway(version: Tuple[int, ...], flags: Tuple[str, ...]) -> bool:
