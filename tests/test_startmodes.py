@@ -113,6 +113,10 @@ def test_both_start_modes_give_the_same_verdicts(run, pytester):
         runs = _runs(pytester, f"{start}.json")
         assert {r["start"] for r in runs} == {start}
         results[start] = _verdicts(runs)
+        # faulthandler's dump of the hang reached the parent: the main thread in join()
+        (hang,) = [r for r in runs if r["nodeid"].endswith("::test_hang_at_exit")]
+        functions = {f["function"] for s in hang["stacks"] for f in s["frames"]}
+        assert "join" in functions, hang["stacks"]
     assert results["spawn"] == results["forkserver"]
     verdicts = {key[0].split("::")[1]: value[0] for key, value in results["spawn"].items()}
     assert verdicts == {
